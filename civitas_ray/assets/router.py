@@ -1,0 +1,5 @@
+"""/api/v1/assets (being written)."""
+
+from fastapi import APIRouter
+
+router = APIRouter(prefix="/assets", tags=["assets"])

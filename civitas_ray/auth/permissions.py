@@ -1,0 +1,60 @@
+"""Roles and the permissions each one grants: the single source for routes and the DB seed."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class Perm(StrEnum):
+    TENANTS_ADMIN = "tenants:admin"  # every tenant: list, create, change, delete
+    TENANT_READ = "tenant:read"  # one's own tenant
+    TENANT_WRITE = "tenant:write"
+    USERS_READ = "users:read"
+    USERS_WRITE = "users:write"
+    API_KEYS_READ = "api_keys:read"
+    API_KEYS_WRITE = "api_keys:write"
+    ZONES_READ = "zones:read"
+    ZONES_WRITE = "zones:write"
+    ASSETS_READ = "assets:read"
+    ASSETS_WRITE = "assets:write"
+    INCIDENTS_READ = "incidents:read"
+    INCIDENTS_WRITE = "incidents:write"
+    AUDIT_READ = "audit:read"
+    TELEMETRY_READ = "telemetry:read"
+    TELEMETRY_INGEST = "telemetry:ingest"
+
+
+class RoleName(StrEnum):
+    PLATFORM_ADMIN = "platform_admin"
+    TENANT_ADMIN = "tenant_admin"
+    OPERATOR = "operator"
+    ANALYST = "analyst"
+    VIEWER = "viewer"
+
+
+_VIEW = {Perm.TENANT_READ, Perm.ZONES_READ, Perm.ASSETS_READ, Perm.INCIDENTS_READ}
+_ANALYST = _VIEW | {Perm.TELEMETRY_READ}
+_OPERATOR = _ANALYST | {Perm.INCIDENTS_WRITE, Perm.TELEMETRY_INGEST}
+_TENANT_ADMIN = _OPERATOR | {
+    Perm.TENANT_WRITE, Perm.USERS_READ, Perm.USERS_WRITE, Perm.API_KEYS_READ,
+    Perm.API_KEYS_WRITE, Perm.ZONES_WRITE, Perm.ASSETS_WRITE, Perm.AUDIT_READ,
+}
+
+ROLE_PERMISSIONS: dict[str, frozenset[Perm]] = {
+    RoleName.PLATFORM_ADMIN: frozenset(Perm),
+    RoleName.TENANT_ADMIN: frozenset(_TENANT_ADMIN),
+    RoleName.OPERATOR: frozenset(_OPERATOR),
+    RoleName.ANALYST: frozenset(_ANALYST),
+    RoleName.VIEWER: frozenset(_VIEW),
+}
+
+ROLE_DESCRIPTIONS: dict[str, str] = {
+    RoleName.PLATFORM_ADMIN: "Operates the platform: every tenant, every permission.",
+    RoleName.TENANT_ADMIN: "Administers one tenant: users, keys, zones, assets, audit.",
+    RoleName.OPERATOR: "Control-room operator: handles incidents, reads live state.",
+    RoleName.ANALYST: "Reads data and telemetry; trains models.",
+    RoleName.VIEWER: "Read-only view of zones, assets and incidents.",
+}
+
+# What a device API key may do, whatever else it asks for.
+API_KEY_PERMISSIONS: frozenset[Perm] = frozenset({Perm.TELEMETRY_INGEST})

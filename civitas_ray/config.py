@@ -1,0 +1,125 @@
+"""One typed settings tree for every process, read once from CIVITAS_* variables."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEV_SECRET = "dev-insecure-secret-change-me"  # noqa: S105 - refused outside development
+
+
+class DatabaseSettings(BaseModel):
+    host: str = "127.0.0.1"
+    port: int = 5432
+    name: str = "civitas"
+    # The application connects as a role without BYPASSRLS so row-level security holds;
+    # migrations run as the owner (a superuser locally) that creates that role.
+    user: str = "civitas_app"
+    password: SecretStr = SecretStr("")
+    admin_user: str = "postgres"
+    admin_password: SecretStr = SecretStr("")
+    pool_size: int = 10
+    max_overflow: int = 10
+    statement_timeout_ms: int = 30_000
+
+    def _url(self, driver: str, user: str, password: SecretStr) -> str:
+        secret = password.get_secret_value()
+        auth = f"{user}:{secret}" if secret else user
+        return f"postgresql+{driver}://{auth}@{self.host}:{self.port}/{self.name}"
+
+    @property
+    def url(self) -> str:
+        return self._url("asyncpg", self.user, self.password)
+
+    @property
+    def admin_url(self) -> str:
+        return self._url("asyncpg", self.admin_user, self.admin_password)
+
+    @property
+    def dsn(self) -> str:
+        """Plain libpq DSN for asyncpg.connect (no SQLAlchemy driver prefix)."""
+        return self.url.replace("postgresql+asyncpg", "postgresql")
+
+    @property
+    def admin_dsn(self) -> str:
+        return self.admin_url.replace("postgresql+asyncpg", "postgresql")
+
+
+class RedisSettings(BaseModel):
+    url: str = "redis://127.0.0.1:6379/0"
+
+
+class MqttSettings(BaseModel):
+    host: str = "127.0.0.1"
+    port: int = 1883
+    username: str | None = None
+    password: SecretStr | None = None
+
+
+class AuthSettings(BaseModel):
+    secret_key: SecretStr = SecretStr(DEV_SECRET)
+    algorithm: str = "HS256"
+    access_token_ttl_s: int = 900
+    refresh_token_ttl_s: int = 14 * 24 * 3600
+    issuer: str = "civitas_ray"
+    password_min_length: int = 12
+    login_max_failures: int = 5
+    login_window_s: int = 900
+    login_max_failures_per_address: int = 20
+
+
+class RaySettings(BaseModel):
+    address: str | None = None
+    # Redis holds 6379 on our machines, so Ray's GCS gets its own port.
+    port: int = 6389
+    dashboard: bool = False
+    namespace: str = "civitas"
+
+
+class ServeSettings(BaseModel):
+    host: str = "127.0.0.1"
+    port: int = 8000
+    config_path: Path = Path("serve_config.yaml")
+
+
+class Settings(BaseSettings):
+    """Everything configurable; nested keys use `__` (CIVITAS_DATABASE__HOST)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="CIVITAS_", env_nested_delimiter="__", env_file=".env", extra="ignore"
+    )
+
+    environment: Literal["development", "test", "production"] = "development"
+    log_level: str = "INFO"
+    log_json: bool = True
+    data_dir: Path = Field(default=Path("../shared/data"))
+    storage_dir: Path = Field(default=Path("var/storage"))
+    cors_origins: list[str] = Field(default_factory=list)
+    max_page_size: int = 500
+    max_geometry_vertices: int = 50_000
+
+    database: DatabaseSettings = DatabaseSettings()
+    redis: RedisSettings = RedisSettings()
+    mqtt: MqttSettings = MqttSettings()
+    auth: AuthSettings = AuthSettings()
+    ray: RaySettings = RaySettings()
+    serve: ServeSettings = ServeSettings()
+
+    @model_validator(mode="after")
+    def _refuse_default_secret(self) -> Settings:
+        secret = self.auth.secret_key.get_secret_value()
+        if self.environment == "production" and (secret == DEV_SECRET or len(secret) < 32):
+            raise ValueError(
+                "CIVITAS_AUTH__SECRET_KEY must be set to a random value of at least 32 "
+                "characters outside development"
+            )
+        return self
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,20 @@
+"""Imports every ORM model so the metadata (and Alembic) sees all tables."""
+
+from civitas_ray.alerts.models import AlertRule
+from civitas_ray.assets.models import Asset
+from civitas_ray.audit.models import AuditLog
+from civitas_ray.auth.models import ApiKey, AppUser, RefreshToken, Role
+from civitas_ray.db.base import TENANT_TABLES, Base
+from civitas_ray.documents.models import Document, DocumentChunk
+from civitas_ray.incidents.models import Incident, IncidentEvent
+from civitas_ray.ml.models import ModelVersion
+from civitas_ray.recommendations.models import Recommendation
+from civitas_ray.telemetry.models import Telemetry, TelemetryRollup
+from civitas_ray.tenants.models import Tenant
+from civitas_ray.zones.models import Zone
+
+__all__ = [
+    "TENANT_TABLES", "AlertRule", "ApiKey", "AppUser", "Asset", "AuditLog", "Base", "Document",
+    "DocumentChunk", "Incident", "IncidentEvent", "ModelVersion", "Recommendation",
+    "RefreshToken", "Role", "Telemetry", "TelemetryRollup", "Tenant", "Zone",
+]
