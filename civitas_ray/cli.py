@@ -88,8 +88,8 @@ def create_tenant(slug: str, name: Annotated[str | None, typer.Option(help="Disp
 
     async def go() -> str:
         async with tenant_session(None, system=True) as session:
-            t = await tenants.create(session=session, data=TenantCreate(slug=slug, name=name or slug),
-                                     actor=SYSTEM_ACTOR)
+            t = await tenants.create(session=session, actor=SYSTEM_ACTOR,
+                                     data=TenantCreate(slug=slug, name=name or slug))
             return str(t.id)
 
     try:

@@ -44,6 +44,9 @@ class DatabaseSettings(BaseModel):
         """Plain libpq DSN for asyncpg.connect (no SQLAlchemy driver prefix)."""
         return self.url.replace("postgresql+asyncpg", "postgresql")
 
+    def dsn_for(self, user: str, password: SecretStr) -> str:
+        return self._url("asyncpg", user, password).replace("postgresql+asyncpg", "postgresql")
+
     @property
     def admin_dsn(self) -> str:
         return self.admin_url.replace("postgresql+asyncpg", "postgresql")
@@ -58,6 +61,24 @@ class MqttSettings(BaseModel):
     port: int = 1883
     username: str | None = None
     password: SecretStr | None = None
+
+
+class IngestSettings(BaseModel):
+    """The telemetry hot path: batching, group commit and back-pressure."""
+
+    # The writer connects as this role: COPY FROM is refused on tables with RLS, so
+    # the writer checks tenants itself and may only insert telemetry.
+    db_user: str = "civitas_ingest"
+    db_password: SecretStr = SecretStr("")
+    connections: int = 2
+    max_batch_readings: int = 10_000
+    max_body_bytes: int = 8 * 1024 * 1024
+    commit_max_readings: int = 20_000
+    commit_max_delay_ms: float = 2.0
+    max_pending_readings: int = 400_000
+    max_future_s: int = 300
+    min_ts: str = "1990-01-01T00:00:00+00:00"
+    asset_cache_ttl_s: float = 15.0
 
 
 class AuthSettings(BaseModel):
@@ -106,6 +127,7 @@ class Settings(BaseSettings):
     redis: RedisSettings = RedisSettings()
     mqtt: MqttSettings = MqttSettings()
     auth: AuthSettings = AuthSettings()
+    ingest: IngestSettings = IngestSettings()
     ray: RaySettings = RaySettings()
     serve: ServeSettings = ServeSettings()
 

@@ -34,16 +34,21 @@ def _routers() -> list:  # type: ignore[type-arg]
     from civitas_ray.audit.router import router as audit
     from civitas_ray.auth.router import router as auth
     from civitas_ray.incidents.router import router as incidents
+    from civitas_ray.telemetry.router import router as telemetry
     from civitas_ray.tenants.router import router as tenants
     from civitas_ray.users.router import api_keys_router, users_router
     from civitas_ray.zones.router import router as zones
 
-    return [auth, tenants, users_router, api_keys_router, zones, assets, incidents, audit]
+    return [auth, tenants, users_router, api_keys_router, zones, assets, incidents, telemetry,
+            audit]
 
 
 @asynccontextmanager
 async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     yield
+    from civitas_ray.telemetry.ingest import close_ingestor
+
+    await close_ingestor()
     await dispose_engine()
     await close_redis()
 

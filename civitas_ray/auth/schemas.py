@@ -9,7 +9,7 @@ from pydantic import BaseModel, Field
 
 class TokenPair(BaseModel):
     access_token: str
-    token_type: str = "bearer"
+    token_type: str = "bearer"  # noqa: S105 - the OAuth2 token type, not a secret
     expires_in: int = Field(description="Seconds until the access token expires")
     refresh_token: str
     refresh_expires_in: int

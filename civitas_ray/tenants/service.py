@@ -28,8 +28,8 @@ async def get(*, session: AsyncSession, tenant_id: uuid.UUID,
 
 
 async def get_by_slug(*, session: AsyncSession, slug: str) -> Tenant | None:
-    return (await session.execute(
-        select(Tenant).where(Tenant.slug == slug, Tenant.deleted_at.is_(None)))).scalar_one_or_none()
+    q = select(Tenant).where(Tenant.slug == slug, Tenant.deleted_at.is_(None))
+    return (await session.execute(q)).scalar_one_or_none()
 
 
 async def require(*, session: AsyncSession, tenant_id: uuid.UUID) -> Tenant:

@@ -10,7 +10,6 @@ import re
 import uuid
 from collections.abc import Awaitable, Callable
 
-
 import httpx
 import pytest
 
