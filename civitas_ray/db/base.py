@@ -51,7 +51,7 @@ class TenantOwned:
     """A tenant_id column that row-level security keys on."""
 
     @declared_attr
-    def tenant_id(cls) -> Mapped[uuid.UUID]:  # noqa: N805 - declared_attr
+    def tenant_id(cls) -> Mapped[uuid.UUID]:
         return mapped_column(
             UUID(as_uuid=True), ForeignKey("tenant.id", ondelete="CASCADE"), nullable=False,
             index=True,
