@@ -87,7 +87,8 @@ class IncidentUpdate(BaseModel):
 
     @model_validator(mode="after")
     def _no_null_for_required(self) -> IncidentUpdate:
-        nulled = [f for f in _NOT_NULLABLE if f in self.model_fields_set and getattr(self, f) is None]
+        nulled = [f for f in _NOT_NULLABLE
+                  if f in self.model_fields_set and getattr(self, f) is None]
         if nulled:
             raise ValueError(f"These fields cannot be null: {', '.join(nulled)}")
         return self

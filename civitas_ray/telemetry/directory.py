@@ -28,7 +28,7 @@ class TenantAssets:
 
 class AssetDirectory:
     def __init__(self, pool: asyncpg.Pool, *, ttl_s: float = 15.0,
-                 miss_refresh_s: float = 1.0) -> None:
+                 miss_refresh_s: float = 0.25) -> None:
         self._pool = pool
         self._ttl = ttl_s
         self._miss_refresh = miss_refresh_s
