@@ -16,6 +16,7 @@ from civitas_ray.db.base import Base, SoftDelete, TenantOwned, Timestamps, UUIDP
 class Asset(UUIDPk, TenantOwned, Timestamps, SoftDelete, Base):
     __tablename__ = "asset"
     __table_args__ = (
+        Index("ix_asset_geom", "geom", postgresql_using="gist"),
         Index("uq_asset_tenant_id_external_id_live", "tenant_id", "external_id", unique=True,
               postgresql_where=text("deleted_at is null and external_id is not null")),
     )
@@ -31,4 +32,4 @@ class Asset(UUIDPk, TenantOwned, Timestamps, SoftDelete, Base):
     properties: Mapped[dict[str, Any]] = mapped_column(JSONB, nullable=False, default=dict,
                                                         server_default="{}")
     geom: Mapped[Any] = mapped_column(
-        Geometry("POINT", srid=4326, spatial_index=True), nullable=False)
+        Geometry("POINT", srid=4326, spatial_index=False), nullable=False)

@@ -1,6 +1,6 @@
 """Imports every ORM model so the metadata (and Alembic) sees all tables."""
 
-from civitas_ray.alerts.models import AlertRule
+from civitas_ray.alerts.models import Alert, AlertRule
 from civitas_ray.assets.models import Asset
 from civitas_ray.audit.models import AuditLog
 from civitas_ray.auth.models import ApiKey, AppUser, RefreshToken, Role
@@ -14,7 +14,7 @@ from civitas_ray.tenants.models import Tenant
 from civitas_ray.zones.models import Zone
 
 __all__ = [
-    "TENANT_TABLES", "AlertRule", "ApiKey", "AppUser", "Asset", "AuditLog", "Base", "Document",
+    "TENANT_TABLES", "Alert", "AlertRule", "ApiKey", "AppUser", "Asset", "AuditLog", "Base", "Document",
     "DocumentChunk", "Incident", "IncidentEvent", "ModelVersion", "Recommendation",
     "RefreshToken", "Role", "Telemetry", "TelemetryRollup", "Tenant", "Zone",
 ]

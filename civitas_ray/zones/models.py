@@ -15,6 +15,7 @@ from civitas_ray.db.base import Base, SoftDelete, TenantOwned, Timestamps, UUIDP
 class Zone(UUIDPk, TenantOwned, Timestamps, SoftDelete, Base):
     __tablename__ = "zone"
     __table_args__ = (
+        Index("ix_zone_geom", "geom", postgresql_using="gist"),
         Index("uq_zone_tenant_id_code_live", "tenant_id", "code", unique=True,
               postgresql_where=text("deleted_at is null")),
     )
@@ -25,4 +26,4 @@ class Zone(UUIDPk, TenantOwned, Timestamps, SoftDelete, Base):
     properties: Mapped[dict[str, Any]] = mapped_column(JSONB, nullable=False, default=dict,
                                                         server_default="{}")
     geom: Mapped[Any] = mapped_column(
-        Geometry("MULTIPOLYGON", srid=4326, spatial_index=True), nullable=False)
+        Geometry("MULTIPOLYGON", srid=4326, spatial_index=False), nullable=False)

@@ -444,8 +444,12 @@ def _drop_extensions() -> None:
 
 def _after_tables() -> None:
     # Time series: chunks of one day; readings arrive roughly in time order.
-    op.execute("select create_hypertable('telemetry', by_range('ts', interval '1 day'))")
-    op.execute("select create_hypertable('telemetry_rollup', by_range('bucket', interval '30 days'))")
+    # No default ts index: the primary key and (tenant_id, ts) serve every query, and
+    # each extra index costs the ingest path.
+    op.execute("select create_hypertable('telemetry', by_range('ts', interval '1 day'), "
+               "create_default_indexes => false)")
+    op.execute("select create_hypertable('telemetry_rollup', by_range('bucket', "
+               "interval '30 days'), create_default_indexes => false)")
 
     # Session-context helpers the policies read (set per transaction by the application).
     op.execute("""
