@@ -8,8 +8,9 @@ permission a route requires; the declaration shows in OpenAPI as `x-permission`.
 
 from __future__ import annotations
 
+import logging
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Annotated, Any
@@ -28,6 +29,7 @@ from civitas_ray.db.session import get_sessionmaker, set_context
 from civitas_ray.errors import Forbidden, Unauthorized
 from civitas_ray.logging import request_id_var
 
+log = logging.getLogger(__name__)
 oauth2_scheme = OAuth2PasswordBearer(tokenUrl="/api/v1/auth/token", auto_error=False)
 api_key_scheme = APIKeyHeader(name="X-API-Key", auto_error=False,
                               description="Device API key (ingest only)")
@@ -56,7 +58,11 @@ class AuthContext:
     principal: Principal
     session: AsyncSession
     actor: Actor
-    extras: dict[str, Any] = field(default_factory=dict)
+    post_commit: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+
+    def after_commit(self, fn: Callable[[], Awaitable[None]]) -> None:
+        """Run `fn` once the request's transaction has committed (events, cache drops)."""
+        self.post_commit.append(fn)
 
 
 def client_address(request: Request) -> str | None:
@@ -111,7 +117,13 @@ async def _auth_context(
         request.state.principal = principal
         actor = Actor(type=principal.kind, id=str(principal.id), label=principal.label,
                       request_id=request_id_var.get(), address=client_address(request))
-        yield AuthContext(principal=principal, session=session, actor=actor)
+        ctx = AuthContext(principal=principal, session=session, actor=actor)
+        yield ctx
+    for fn in ctx.post_commit:
+        try:
+            await fn()
+        except Exception:
+            log.exception("post-commit action failed")
 
 
 AuthDep = Annotated[AuthContext, Depends(_auth_context, scope="function")]
