@@ -34,13 +34,17 @@ class AssetKind(StrEnum):
 
 
 class MetricRange(BaseModel):
-    """Physical range of one metric; readings outside it are flagged by data quality."""
+    """A metric's spec: physical range (readings outside it are flagged by data quality),
+    and for meters whether the value is a cumulative register (and where it wraps)."""
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     unit: str = Field(max_length=32, examples=["km/h", "°C", "kWh"])
     min: float | None = None
     max: float | None = None
+    cumulative: bool = Field(False, description="A register that only grows (meters); "
+                             "consumption is derived, resets are flagged, never negative")
+    rollover: float | None = Field(None, gt=0, description="Modulus of a wrapping register")
 
     @model_validator(mode="after")
     def _ordered(self) -> MetricRange:

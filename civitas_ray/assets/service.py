@@ -14,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from civitas_ray import geo
 from civitas_ray.assets.models import Asset
-from civitas_ray.assets.schemas import AssetCreate, AssetRead, AssetUpdate
+from civitas_ray.assets.schemas import AssetCreate, AssetRead, AssetUpdate, MetricRange
 from civitas_ray.audit import service as audit
 from civitas_ray.audit.service import Actor
 from civitas_ray.errors import Conflict, NotFound
@@ -54,7 +54,7 @@ async def create(*, session: AsyncSession, tenant_id: uuid.UUID, data: AssetCrea
     lon, lat = _lon_lat(data.geometry)
     asset = Asset(id=uuid.uuid4(), tenant_id=tenant_id, name=data.name, kind=str(data.kind),
                   external_id=data.external_id,
-                  metrics={name: m.model_dump() for name, m in data.metrics.items()},
+                  metrics=metric_specs(data.metrics),
                   properties=data.properties, geom=from_shape(Point(lon, lat), srid=geo.SRID),
                   zone_id=await zones.zone_at(session=session, tenant_id=tenant_id,
                                               lon=lon, lat=lat))
@@ -128,10 +128,18 @@ async def list_(*, session: AsyncSession, tenant_id: uuid.UUID, limit: int, offs
     return [(asset, None) for asset in assets], int(total)
 
 
+def metric_specs(metrics: dict[str, MetricRange]) -> dict[str, dict[str, object]]:
+    """Stored form of metric specs: only what was said (no null ranges, no default flags)."""
+    return {name: m.model_dump(exclude_defaults=True) | {"unit": m.unit}
+            for name, m in metrics.items()}
+
+
 async def update(*, session: AsyncSession, asset: Asset, data: AssetUpdate,
                  actor: Actor) -> Asset:
     """Change an asset; a new geometry moves it and re-derives its zone."""
     changes = data.model_dump(exclude_unset=True)
+    if data.metrics is not None:
+        changes["metrics"] = metric_specs(data.metrics)
     geometry = changes.pop("geometry", None)
     if geometry is not None:
         await zones.lock_zone_map(session=session, tenant_id=asset.tenant_id, exclusive=False)
