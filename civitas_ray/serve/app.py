@@ -55,4 +55,4 @@ class BuildArgs(BaseModel):
 
 def build(args: BuildArgs) -> Application:
     """Application builder named by serve_config.yaml (`civitas_ray.serve.app:build`)."""
-    return Ingress.bind()
+    return Ingress.bind()  # type: ignore[attr-defined]  # @serve.deployment made it a Deployment
