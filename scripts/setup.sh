@@ -6,6 +6,7 @@
 #   scripts/setup.sh            everything
 #   scripts/setup.sh --system   only system packages, extensions and services
 #   scripts/setup.sh --python   only .venv and migrations
+#   scripts/setup.sh --venv     only .venv (Ray worker nodes: no database access needed)
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -198,7 +199,8 @@ migrate() {
 case "$MODE" in
   --system) system_setup ;;
   --python) python_setup; migrate ;;
+  --venv) python_setup ;;
   all|--all) system_setup; python_setup; migrate ;;
-  *) fail "unknown option $MODE (use --system, --python or nothing)" ;;
+  *) fail "unknown option $MODE (use --system, --python, --venv or nothing)" ;;
 esac
 ok "done"
