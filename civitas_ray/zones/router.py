@@ -12,6 +12,8 @@ from civitas_ray.assets import service as assets
 from civitas_ray.assets.schemas import AssetFilters, AssetPage, AssetRead
 from civitas_ray.auth.deps import AuthContext, AuthDep, needs
 from civitas_ray.auth.permissions import Perm
+from civitas_ray.errors import NotFound
+from civitas_ray.runtime import live
 from civitas_ray.schemas import page_of
 from civitas_ray.zones import service
 from civitas_ray.zones.schemas import (
@@ -127,3 +129,20 @@ async def list_zone_assets(ctx: AuthDep, zone_id: uuid.UUID,
         bbox=f.bbox, near=f.near_circle())
     return page_of([AssetRead.of(a, d) for a, d in rows], total=total, limit=f.limit,
                    offset=f.offset)
+
+
+@router.get("/{zone_id}/state", summary="Live state of a zone (actor memory)",
+            description="Latest value of every member stream, rolling aggregates and KPIs "
+                        "per metric, and the zone forecast over `horizon_s`, answered by the "
+                        "ZoneShard hosting the zone; 503 when the actors are not running.",
+            **needs(Perm.ZONES_READ))
+async def zone_state(ctx: AuthDep, zone_id: uuid.UUID,
+                     horizon_s: Annotated[int, Query(ge=0, le=86_400)] = 3600
+                     ) -> dict[str, Any]:
+    await service.require(session=ctx.session, tenant_id=ctx.principal.tenant_id,
+                          zone_id=zone_id)
+    state = await live.zone_state(tenant_id=ctx.principal.tenant_id, zone_id=zone_id,
+                                  horizon_s=horizon_s)
+    if state is None:
+        raise NotFound(f"Zone {zone_id} not found")
+    return state

@@ -1,0 +1,1 @@
+"""Live state of asset streams: window, online forecast, anomaly scores, quality flags."""

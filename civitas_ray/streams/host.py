@@ -1,0 +1,359 @@
+"""StreamHost: the StreamEntities of one shard, their I/O and their side effects.
+
+The Ray actor `StreamShard` is a thin shell over this class, so the whole behaviour is
+testable against the real PostgreSQL and Redis without Ray. What it guarantees:
+- Readings arrive here only after they are committed; applying a batch twice changes
+  nothing (StreamState ignores timestamps it has applied).
+- An entity is activated on its first batch or state query: from its Redis checkpoint
+  plus the rows stored after it, or from the stream's recent rows in PostgreSQL alone.
+  Idle entities are checkpointed and passivated; live ones are checkpointed periodically.
+- Rules on a stream are evaluated on every batch; a firing or recovery is written
+  (alert, incident) in one tenant transaction and its events are published after it.
+- Zone deltas (latest value, anomaly, flags per stream) go to the ZoneShards in one call
+  per shard per batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+import orjson
+from sqlalchemy import text
+
+from civitas_ray.alerts import effects
+from civitas_ray.alerts import service as alerts
+from civitas_ray.alerts.effects import Firing
+from civitas_ray.alerts.engine import AlertTransition, RuleEvaluator
+from civitas_ray.alerts.models import AlertRule
+from civitas_ray.cache import get_redis
+from civitas_ray.config import get_settings
+from civitas_ray.db.session import tenant_session
+from civitas_ray.realtime.events import Event
+from civitas_ray.streams.quality import MetricSpec
+from civitas_ray.streams.state import StreamConfig, StreamDelta, StreamState
+
+log = logging.getLogger(__name__)
+
+StreamKey = tuple[uuid.UUID, uuid.UUID, str]  # tenant, asset, metric
+ZoneItem = tuple[uuid.UUID, uuid.UUID, StreamDelta]  # tenant, zone, member delta
+ZoneSink = Callable[[list[ZoneItem]], None]
+
+
+def _now_us() -> int:
+    return time.time_ns() // 1000
+
+
+def checkpoint_key(key: StreamKey) -> str:
+    return f"civitas:ckpt:stream:{key[0]}:{key[1]}:{key[2]}"
+
+
+@dataclass(slots=True)
+class AssetInfo:
+    zone_id: uuid.UUID | None
+    specs: dict[str, Any]
+    loaded_at: float
+
+
+@dataclass(slots=True)
+class Entity:
+    state: StreamState
+    zone_id: uuid.UUID | None
+    last_active: float = field(default_factory=time.monotonic)
+    last_event: float = 0.0
+    last_checkpoint: float = field(default_factory=time.monotonic)
+    dirty: bool = False
+
+
+@dataclass(slots=True)
+class TenantRules:
+    by_stream: dict[tuple[uuid.UUID, str | None], list[AlertRule]]
+    loaded_at: float
+
+
+class StreamHost:
+    def __init__(self, index: int = 0, n_shards: int = 1, *,
+                 zone_sink: ZoneSink | None = None) -> None:
+        self.index = index
+        self.n_shards = n_shards
+        self.settings = get_settings()
+        self.entities: dict[StreamKey, Entity] = {}
+        self.evaluators: dict[tuple[str, StreamKey], tuple[RuleEvaluator, Any]] = {}
+        self._assets: dict[tuple[uuid.UUID, uuid.UUID], AssetInfo] = {}
+        self._rules: dict[uuid.UUID, TenantRules] = {}
+        self._activating: dict[StreamKey, asyncio.Future[Entity]] = {}
+        self._zone_sink = zone_sink
+        self.stats = {"batches": 0, "readings": 0, "activations": 0, "rebuilt_rows": 0,
+                      "passivations": 0, "alerts_fired": 0, "alerts_resolved": 0,
+                      "events": 0, "errors": 0}
+
+    # ---- lookups ---------------------------------------------------------------------
+    async def _asset_infos(self, tenant_id: uuid.UUID,
+                           asset_ids: list[uuid.UUID]) -> dict[uuid.UUID, AssetInfo]:
+        now = time.monotonic()
+        missing = [a for a in asset_ids
+                   if (i := self._assets.get((tenant_id, a))) is None or now - i.loaded_at > 60]
+        if missing:
+            async with tenant_session(tenant_id) as s:
+                rows = (await s.execute(text(
+                    "select id, zone_id, metrics from asset where id = any(:ids)"),
+                    {"ids": missing})).all()
+            for r in rows:
+                self._assets[(tenant_id, r[0])] = AssetInfo(r[1], r[2] or {}, now)
+            for a in missing:  # deleted assets: remember them as zone-less, spec-less
+                self._assets.setdefault((tenant_id, a), AssetInfo(None, {}, now))
+        return {a: self._assets[(tenant_id, a)] for a in asset_ids}
+
+    async def _tenant_rules(self, tenant_id: uuid.UUID) -> TenantRules:
+        cached = self._rules.get(tenant_id)
+        if cached and time.monotonic() - cached.loaded_at < self.settings.actors.rules_ttl_s:
+            return cached
+        async with tenant_session(tenant_id) as s:
+            rules = await alerts.active_rules(session=s)
+        by_stream: dict[tuple[uuid.UUID, str | None], list[AlertRule]] = {}
+        for r in rules:
+            if r.asset_id is not None:
+                by_stream.setdefault((r.asset_id, r.metric), []).append(r)
+        fresh = TenantRules(by_stream, time.monotonic())
+        self._rules[tenant_id] = fresh
+        return fresh
+
+    def invalidate_rules(self, tenant_id: uuid.UUID | None = None) -> None:
+        if tenant_id is None:
+            self._rules.clear()
+        else:
+            self._rules.pop(tenant_id, None)
+
+    # ---- activation ------------------------------------------------------------------
+    async def _activate(self, key: StreamKey, info: AssetInfo) -> Entity:
+        entity = self.entities.get(key)
+        if entity is not None:
+            return entity
+        pending = self._activating.get(key)
+        if pending is not None:
+            return await pending
+        fut: asyncio.Future[Entity] = asyncio.get_running_loop().create_future()
+        self._activating[key] = fut
+        try:
+            entity = await self._load(key, info)
+            self.entities[key] = entity
+            fut.set_result(entity)
+            return entity
+        except BaseException as exc:
+            fut.set_exception(exc)
+            fut.exception()  # retrieved: waiters get it, nobody logs "never retrieved"
+            raise
+        finally:
+            self._activating.pop(key, None)
+
+    async def _load(self, key: StreamKey, info: AssetInfo) -> Entity:
+        tenant_id, asset_id, metric = key
+        spec = MetricSpec.from_dict(info.specs.get(metric))
+        raw = await get_redis().get(checkpoint_key(key))
+        checkpoint = orjson.loads(raw) if raw else None
+        since = None
+        if checkpoint and checkpoint.get("latest"):
+            since = datetime.fromtimestamp(checkpoint["latest"][0] / 1e6, UTC)
+        a = self.settings.actors
+        async with tenant_session(tenant_id) as s:
+            if since is not None:
+                rows = (await s.execute(text(
+                    "select ts, value from telemetry where asset_id = :a and metric = :m "
+                    "and ts > :since order by ts limit 100000"),
+                    {"a": asset_id, "m": metric, "since": since})).all()
+            else:
+                rows = (await s.execute(text(
+                    "select ts, value from (select ts, value from telemetry where asset_id = :a "
+                    "and metric = :m and ts > now() - make_interval(days => :d) "
+                    "order by ts desc limit :n) r order by ts"),
+                    {"a": asset_id, "m": metric, "d": a.rebuild_history_days,
+                     "n": max(a.rebuild_recent_readings, 4096)})).all()
+        ts = np.fromiter((int(r[0].timestamp() * 1_000_000) for r in rows), np.int64, len(rows))
+        vals = np.fromiter((r[1] for r in rows), np.float64, len(rows))
+        try:
+            state = StreamState.rebuild(ts, vals, asset_id=str(asset_id), metric=metric,
+                                        spec=spec, config=StreamConfig(), checkpoint=checkpoint)
+        except (KeyError, ValueError, TypeError):
+            log.warning("unusable checkpoint, rebuilding from the database",
+                        extra={"stream": checkpoint_key(key)})
+            state = StreamState.rebuild(ts, vals, asset_id=str(asset_id), metric=metric,
+                                        spec=spec, config=StreamConfig())
+        self.stats["activations"] += 1
+        self.stats["rebuilt_rows"] += len(rows)
+        return Entity(state=state, zone_id=info.zone_id)
+
+    # ---- the hot path ------------------------------------------------------------------
+    async def apply(self, tenant: np.ndarray, asset: np.ndarray, codes: np.ndarray,
+                    names: list[str], ts_us: np.ndarray, values: np.ndarray) -> int:
+        """Apply committed readings; returns the number of streams touched."""
+        self.stats["batches"] += 1
+        self.stats["readings"] += int(ts_us.size)
+        key = np.empty(ts_us.size, dtype=[("t", "V16"), ("a", "V16"), ("m", "<i4")])
+        key["t"], key["a"], key["m"] = tenant, asset, codes
+        uniq, inverse = np.unique(key, return_inverse=True)
+        order = np.argsort(inverse, kind="stable")
+        bounds = np.searchsorted(inverse[order], np.arange(len(uniq) + 1))
+        groups: list[tuple[StreamKey, np.ndarray]] = []
+        for g, k in enumerate(uniq):
+            sk = (uuid.UUID(bytes=bytes(k["t"])), uuid.UUID(bytes=bytes(k["a"])),
+                  names[int(k["m"])])
+            groups.append((sk, order[bounds[g]:bounds[g + 1]]))
+        by_tenant: dict[uuid.UUID, list[uuid.UUID]] = {}
+        for (t, a, _), _sel in groups:
+            by_tenant.setdefault(t, []).append(a)
+        infos: dict[tuple[uuid.UUID, uuid.UUID], AssetInfo] = {}
+        for t, assets in by_tenant.items():
+            for a, info in (await self._asset_infos(t, list(set(assets)))).items():
+                infos[(t, a)] = info
+        # Activate every new stream of the batch concurrently, then apply in order.
+        await asyncio.gather(*(self._activate(sk, infos[(sk[0], sk[1])])
+                               for sk, _ in groups if sk not in self.entities))
+        now = _now_us()
+        zone_deltas: list[ZoneItem] = []
+        events: dict[uuid.UUID, list[Event]] = {}
+        transitions: list[Firing] = []
+        for sk, sel in groups:
+            entity = self.entities[sk]
+            delta = entity.state.apply(ts_us[sel], values[sel])
+            entity.last_active = time.monotonic()
+            if not delta.changed:
+                continue
+            entity.dirty = True
+            info = infos[(sk[0], sk[1])]
+            entity.zone_id = info.zone_id
+            if info.zone_id is not None:
+                zone_deltas.append(self._zone_delta(sk, info.zone_id, delta))
+            self._stream_event(sk, entity, delta, events)
+            transitions.extend(await self._evaluate(sk, entity, now))
+        if zone_deltas and self._zone_sink is not None:
+            self._zone_sink(zone_deltas)
+        await effects.apply(transitions, events, self.stats)
+        await effects.publish_all(events, self.stats)
+        return len(groups)
+
+    @staticmethod
+    def _zone_delta(sk: StreamKey, zone_id: uuid.UUID, d: StreamDelta) -> ZoneItem:
+        return (sk[0], zone_id, d)
+
+    def _stream_event(self, sk: StreamKey, entity: Entity, delta: StreamDelta,
+                      events: dict[uuid.UUID, list[Event]]) -> None:
+        """At most one update per stream per interval, at once when flags or anomaly move."""
+        urgent = bool(delta.raised or delta.cleared or delta.is_anomaly)
+        now = time.monotonic()
+        interval = self.settings.actors.stream_event_min_interval_s
+        if not urgent and now - entity.last_event < interval:
+            return
+        entity.last_event = now
+        events.setdefault(sk[0], []).append(
+            Event(type="stream.update", channel=f"stream:{sk[1]}/{sk[2]}", data=delta.to_dict()))
+
+    async def _evaluate(self, sk: StreamKey, entity: Entity, now_us: int) -> list[Firing]:
+        rules = await self._tenant_rules(sk[0])
+        matching = [*rules.by_stream.get((sk[1], sk[2]), []),
+                    *rules.by_stream.get((sk[1], None), [])]
+        out = []
+        for rule in matching:
+            ev = self._evaluator(sk, rule)
+            horizon = float(rule.condition.get("within_seconds", 0)) \
+                if rule.condition.get("type") == "forecast" else 0.0
+            inp = entity.state.rule_input(now_us, forecast_s=horizon)
+            transition = ev.observe(inp)  # ignores an observation it has already seen
+            if transition is not None:
+                out.append(self._firing(sk, transition, rule))
+        return out
+
+    def _firing(self, sk: StreamKey, tr: AlertTransition, rule: AlertRule) -> Firing:
+        entity = self.entities.get(sk)
+        return Firing(tenant_id=sk[0], transition=tr, rule=rule, asset_id=sk[1],
+                      zone_id=entity.zone_id if entity else None, metric=sk[2],
+                      subject=f"{sk[1]}/{sk[2]}")
+
+    def _evaluator(self, sk: StreamKey, rule: AlertRule) -> RuleEvaluator:
+        key = (str(rule.id), sk)
+        held = self.evaluators.get(key)
+        if held is not None and held[1] == rule.updated_at:
+            return held[0]
+        ev = RuleEvaluator(rule_id=str(rule.id), subject=f"{sk[1]}/{sk[2]}",
+                           condition=rule.condition, severity=rule.severity,  # type: ignore[arg-type]
+                           for_seconds=float(rule.for_seconds))
+        if held is not None:  # a changed rule keeps its firing state across the edit
+            ev.state, ev.started_at_us = held[0].state, held[0].started_at_us
+        self.evaluators[key] = (ev, rule.updated_at)
+        return ev
+
+    # ---- queries and housekeeping ------------------------------------------------------
+    async def snapshot(self, tenant_id: uuid.UUID, asset_id: uuid.UUID, metric: str, *,
+                       window: int = 100, horizon_s: float = 3600.0) -> dict[str, Any] | None:
+        sk = (tenant_id, asset_id, metric)
+        entity = self.entities.get(sk)
+        if entity is None:
+            info = (await self._asset_infos(tenant_id, [asset_id]))[asset_id]
+            if info.zone_id is None and not info.specs and not await self._has_rows(sk):
+                return None
+            entity = await self._activate(sk, info)
+        entity.last_active = time.monotonic()
+        if entity.state.latest is None:
+            return None
+        return entity.state.snapshot(_now_us(), window=window, horizon_s=horizon_s)
+
+    async def _has_rows(self, sk: StreamKey) -> bool:
+        async with tenant_session(sk[0]) as s:
+            return (await s.execute(text(
+                "select 1 from telemetry where asset_id = :a and metric = :m limit 1"),
+                {"a": sk[1], "m": sk[2]})).first() is not None
+
+    async def housekeeping(self, *, force_checkpoint: bool = False) -> dict[str, int]:
+        """Gap checks, rule hold timers, checkpoints and passivation of idle entities."""
+        a = self.settings.actors
+        now = time.monotonic()
+        now_us = _now_us()
+        events: dict[uuid.UUID, list[Event]] = {}
+        transitions: list[Firing] = []
+        for sk, entity in list(self.entities.items()):
+            delta = entity.state.check_gap(now_us)
+            if delta.raised or delta.cleared:
+                entity.dirty = True
+                self._stream_event(sk, entity, delta, events)
+                transitions.extend(await self._evaluate(sk, entity, now_us))
+        for (rule_id, sk), (ev, _) in list(self.evaluators.items()):
+            tr = ev.tick(now_us)
+            if tr is not None and sk in self.entities:
+                rules = await self._tenant_rules(sk[0])
+                rule = next((r for rs in rules.by_stream.values() for r in rs
+                             if str(r.id) == rule_id), None)
+                if rule is not None:
+                    transitions.append(self._firing(sk, tr, rule))
+        await effects.apply(transitions, events, self.stats)
+        await effects.publish_all(events, self.stats)
+        saved = passivated = 0
+        pipe = get_redis().pipeline(transaction=False)
+        for sk, entity in list(self.entities.items()):
+            idle = now - entity.last_active > a.passivate_after_s
+            due = now - entity.last_checkpoint > a.checkpoint_every_s
+            if entity.dirty and (idle or due or force_checkpoint):
+                pipe.set(checkpoint_key(sk), orjson.dumps(entity.state.checkpoint(),
+                                                          option=orjson.OPT_SERIALIZE_NUMPY),
+                         ex=int(a.rebuild_history_days * 86400))
+                entity.dirty, entity.last_checkpoint = False, now
+                saved += 1
+            if idle:
+                del self.entities[sk]
+                for k in [k for k in self.evaluators if k[1] == sk]:
+                    del self.evaluators[k]
+                passivated += 1
+        if saved:
+            await pipe.execute()
+        self.stats["passivations"] += passivated
+        return {"checkpointed": saved, "passivated": passivated}
+
+    def info(self) -> dict[str, Any]:
+        return {"index": self.index, "shards": self.n_shards, "entities": len(self.entities),
+                "evaluators": len(self.evaluators), **self.stats}
+

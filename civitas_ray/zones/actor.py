@@ -1,0 +1,60 @@
+"""ZoneShard: the Ray host actor of a share of the ZoneEntities (a thin shell).
+
+Persisted: nothing of its own; each zone's state is checkpointed to Redis periodically
+and when passivated. Rebuilt on (re)start: lazily, zone by zone, from the checkpoint or
+from PostgreSQL (see ZoneHost). Ray restarts it on a crash and retries calls meanwhile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import uuid
+from typing import Any
+
+import ray
+
+from civitas_ray.streams.state import StreamDelta
+from civitas_ray.zones.host import ZoneHost
+
+log = logging.getLogger(__name__)
+
+
+@ray.remote
+class ZoneShard:
+    def __init__(self, index: int, n_shards: int) -> None:
+        self.host = ZoneHost(index, n_shards)
+        self._housekeeping: asyncio.Task[None] | None = None
+
+    def _ensure_housekeeping(self) -> None:
+        if self._housekeeping is None or self._housekeeping.done():
+            self._housekeeping = asyncio.get_running_loop().create_task(self._tick())
+
+    async def _tick(self) -> None:
+        while True:
+            await asyncio.sleep(5.0)
+            try:
+                await self.host.housekeeping()
+            except Exception:
+                log.exception("zone shard housekeeping failed")
+
+    async def apply(self, items: list[tuple[uuid.UUID, uuid.UUID, StreamDelta]]) -> int:
+        self._ensure_housekeeping()
+        return await self.host.apply(items)
+
+    async def state(self, tenant_id: str, zone_id: str,
+                    horizon_s: float = 3600.0) -> dict[str, Any] | None:
+        self._ensure_housekeeping()
+        return await self.host.snapshot(uuid.UUID(tenant_id), uuid.UUID(zone_id),
+                                        horizon_s=horizon_s)
+
+    async def checkpoint(self) -> dict[str, int]:
+        return await self.host.housekeeping(force_checkpoint=True)
+
+    async def invalidate(self, tenant_id: str | None = None) -> None:
+        self.host.invalidate_rules(uuid.UUID(tenant_id) if tenant_id else None)
+
+    async def info(self) -> dict[str, Any]:
+        return {**self.host.info(), "node_id": ray.get_runtime_context().get_node_id(),
+                "pid": os.getpid()}
