@@ -137,13 +137,18 @@ async def admin_sql(migrated_db: str) -> AsyncIterator[Callable[..., Awaitable[A
 
 @pytest.fixture
 async def redis_clean() -> AsyncIterator[None]:
+    """No sign-in failure counters before or after the test (an aborted run leaves some)."""
     from civitas_ray.cache import get_redis
 
+    async def clean() -> None:
+        r = get_redis()
+        keys = [k async for k in r.scan_iter("civitas:login:*")]
+        if keys:
+            await r.delete(*keys)
+
+    await clean()
     yield
-    r = get_redis()
-    keys = [k async for k in r.scan_iter("civitas:login:*")]
-    if keys:
-        await r.delete(*keys)
+    await clean()
 
 
 def sql_text(s: str) -> Any:

@@ -13,6 +13,8 @@ the zone's latest values. `AlertCondition` validates any of them with clear erro
 
 from __future__ import annotations
 
+import uuid
+from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, RootModel, model_validator
@@ -133,3 +135,87 @@ def parse_condition(raw: AlertCondition | Condition | dict[str, Any]) -> Conditi
     if isinstance(raw, dict):
         return AlertCondition.model_validate(raw).root
     return raw
+
+
+# ---- rules and alerts ----------------------------------------------------------------
+_RULE_EXAMPLE: dict[str, Any] = {
+    "name": "Congestion on 5th Ave", "asset_id": "6f1c0c3e-5b7e-4a9e-9a55-0f1e2d3c4b5a",
+    "metric": "traffic_volume", "condition": {"op": ">", "threshold": 5000},
+    "severity": "critical", "for_seconds": 0}
+
+
+class AlertRuleCreate(BaseModel):
+    """A rule on one asset's metric (`asset_id` + `metric`) or on a zone (`zone_id`)."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [_RULE_EXAMPLE]})
+
+    name: str | None = Field(None, min_length=1, max_length=200,
+                             description="Defaults to a description of the condition")
+    asset_id: uuid.UUID | None = None
+    zone_id: uuid.UUID | None = None
+    metric: str | None = Field(None, max_length=64, pattern=r"^[A-Za-z0-9_.:\-]{1,64}$",
+                               description="Absent: every metric of the asset or zone")
+    condition: AlertCondition
+    severity: Severity = "minor"
+    for_seconds: int = Field(0, ge=0, le=7 * 86400,
+                             description="How long the condition must hold before firing")
+    enabled: bool = True
+
+    @model_validator(mode="after")
+    def _subject(self) -> AlertRuleCreate:
+        if (self.asset_id is None) == (self.zone_id is None):
+            raise ValueError("give exactly one of asset_id (a stream rule) or zone_id "
+                             "(a zone rule)")
+        agg = getattr(self.condition.root, "aggregate", None)
+        if agg is not None and self.zone_id is None:
+            raise ValueError("'aggregate' applies to zone rules only")
+        return self
+
+
+class AlertRuleUpdate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str | None = Field(None, min_length=1, max_length=200)
+    metric: str | None = Field(None, max_length=64, pattern=r"^[A-Za-z0-9_.:\-]{1,64}$")
+    condition: AlertCondition | None = None
+    severity: Severity | None = None
+    for_seconds: int | None = Field(None, ge=0, le=7 * 86400)
+    enabled: bool | None = None
+
+
+class AlertRuleRead(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: uuid.UUID
+    tenant_id: uuid.UUID
+    name: str
+    asset_id: uuid.UUID | None
+    zone_id: uuid.UUID | None
+    metric: str | None
+    condition: dict[str, Any]
+    severity: str
+    for_seconds: int
+    enabled: bool
+    created_at: datetime
+    updated_at: datetime
+    deleted_at: datetime | None = None
+
+
+class AlertRead(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: uuid.UUID
+    rule_id: uuid.UUID | None
+    incident_id: uuid.UUID | None
+    dedup_key: str
+    asset_id: uuid.UUID | None
+    zone_id: uuid.UUID | None
+    metric: str | None
+    severity: str
+    status: Literal["firing", "resolved"]
+    message: str
+    value: float | None
+    threshold: float | None
+    data: dict[str, Any]
+    fired_at: datetime
+    resolved_at: datetime | None

@@ -7,6 +7,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query
 
+from civitas_ray.assets import service as assets
 from civitas_ray.auth.deps import AuthDep, needs
 from civitas_ray.auth.permissions import Perm
 from civitas_ray.errors import NotFound
@@ -29,6 +30,8 @@ async def stream_state(
     window: Annotated[int, Query(ge=0, le=1024)] = 100,
     horizon_s: Annotated[int, Query(ge=0, le=86_400)] = 3600,
 ) -> dict[str, Any]:
+    await assets.require(session=ctx.session, tenant_id=ctx.principal.tenant_id,
+                         asset_id=asset_id)
     state = await live.stream_state(tenant_id=ctx.principal.tenant_id, asset_id=asset_id,
                                     metric=metric, window=window, horizon_s=horizon_s)
     if state is None:
