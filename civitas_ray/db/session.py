@@ -46,6 +46,9 @@ def make_engine(settings: Settings | None = None, *, admin: bool = False) -> Asy
 def get_engine() -> AsyncEngine:
     global _engine, _sessionmaker
     if _engine is None:
+        # Every mapped class must be known before a flush resolves foreign keys, also in
+        # processes (Ray actors) that imported only a few domains.
+        import civitas_ray.db.models  # noqa: F401
         _engine = make_engine()
         _sessionmaker = async_sessionmaker(_engine, expire_on_commit=False)
     return _engine

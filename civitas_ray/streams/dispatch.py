@@ -45,11 +45,13 @@ class ShardDispatcher:
 
 
 def install(ingestor: Any) -> ShardDispatcher | None:
-    """Attach the dispatcher when this process is connected to Ray; else do nothing."""
+    """Attach the dispatcher (once) when this process is connected to Ray; else nothing."""
     import ray
 
-    if not ray.is_initialized():
-        return None
+    existing: ShardDispatcher | None = getattr(ingestor, "dispatcher", None)
+    if existing is not None or not ray.is_initialized():
+        return existing
     dispatcher = ShardDispatcher()
     ingestor.add_commit_hook(dispatcher)
+    ingestor.dispatcher = dispatcher
     return dispatcher

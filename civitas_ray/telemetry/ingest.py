@@ -39,6 +39,7 @@ class Ingestor:
         self.directory: AssetDirectory | None = None
         self.writer: TelemetryWriter | None = None
         self._hooks: list[CommitHook] = []
+        self.dispatcher: CommitHook | None = None  # set by streams.dispatch.install
         self._lock = asyncio.Lock()
         s = self.settings.ingest
         self._min_ts_us = int(datetime.fromisoformat(s.min_ts).timestamp() * 1_000_000)
@@ -60,6 +61,11 @@ class Ingestor:
                 max_pending_readings=s.max_pending_readings)
             for hook in self._hooks:
                 self.writer.add_commit_hook(hook)
+        # Under Ray (Serve replicas, the MQTT bridge) committed readings go on to the
+        # entity hosts; a plain process (tests, `serve-dev`) only stores them.
+        from civitas_ray.streams.dispatch import install
+
+        install(self)
 
     def add_commit_hook(self, hook: CommitHook) -> None:
         self._hooks.append(hook)
