@@ -14,7 +14,7 @@ from civitas_ray.tenants.models import Tenant
 from civitas_ray.zones.models import Zone
 
 __all__ = [
-    "TENANT_TABLES", "Alert", "AlertRule", "ApiKey", "AppUser", "Asset", "AuditLog", "Base", "Document",
-    "DocumentChunk", "Incident", "IncidentEvent", "ModelVersion", "Recommendation",
+    "TENANT_TABLES", "Alert", "AlertRule", "ApiKey", "AppUser", "Asset", "AuditLog", "Base",
+    "Document", "DocumentChunk", "Incident", "IncidentEvent", "ModelVersion", "Recommendation",
     "RefreshToken", "Role", "Telemetry", "TelemetryRollup", "Tenant", "Zone",
 ]
