@@ -56,11 +56,44 @@ class RedisSettings(BaseModel):
     url: str = "redis://127.0.0.1:6379/0"
 
 
+class MqttBridgeSettings(BaseModel):
+    """The MQTT ingest bridge (docs/mqtt.md): shared subscriptions, flow control, batching."""
+
+    enabled: bool = True
+    topic_prefix: str = "civitas"
+    # Consumers of one group share the stream; another group gets its own copy.
+    share_group: str = "civitas"
+    # Fixed client ids, so a restarted bridge resumes its persistent session and the
+    # broker redelivers what was never acknowledged.
+    client_id_prefix: str = "civitas-bridge"
+    processes: int = 2  # Ray actors (or OS processes for `civitas mqtt-bridge`)
+    connections: int = 1  # MQTT connections per process
+    num_cpus: float = 0.25  # Ray scheduling share of each bridge actor
+    # MQTT v5 Receive Maximum: unacknowledged messages the broker may send one connection.
+    # Acks follow commits, so this bounds what a slow database can pile up in our memory.
+    receive_maximum: int = 4000
+    session_expiry_s: int = 3600
+    keepalive_s: int = 30
+    batch_max_messages: int = 1000
+    batch_max_delay_ms: float = 5.0
+    max_concurrent_batches: int = 4
+    reconnect_min_s: float = 0.5
+    reconnect_max_s: float = 30.0
+    retry_max_s: float = 5.0  # longest wait between retries of a batch the DB refused
+    drain_timeout_s: float = 5.0  # on stop: time for in-flight batches to commit and ack
+    tenant_cache_ttl_s: float = 60.0
+    unknown_tenant_ttl_s: float = 10.0
+    publish_rejections: bool = True
+    rejection_log_per_s: int = 20
+    heartbeat_s: float = 2.0
+
+
 class MqttSettings(BaseModel):
     host: str = "127.0.0.1"
     port: int = 1883
     username: str | None = None
     password: SecretStr | None = None
+    bridge: MqttBridgeSettings = MqttBridgeSettings()
 
 
 class IngestSettings(BaseModel):
@@ -79,6 +112,21 @@ class IngestSettings(BaseModel):
     max_future_s: int = 300
     min_ts: str = "1990-01-01T00:00:00+00:00"
     asset_cache_ttl_s: float = 15.0
+
+
+class ActorSettings(BaseModel):
+    """Entity hosting: how many shard actors, when idle entities are passivated."""
+
+    stream_shards: int = 2
+    zone_shards: int = 1
+    shard_num_cpus: float = 0.0
+    passivate_after_s: float = 900.0
+    checkpoint_every_s: float = 60.0
+    rebuild_history_days: int = 28
+    rebuild_recent_readings: int = 512
+    stream_event_min_interval_s: float = 1.0
+    zone_event_min_interval_s: float = 1.0
+    rules_ttl_s: float = 5.0
 
 
 class AuthSettings(BaseModel):
@@ -107,6 +155,36 @@ class ServeSettings(BaseModel):
     config_path: Path = Path("serve_config.yaml")
 
 
+class RealtimeSettings(BaseModel):
+    """Event streams in Redis and the WebSocket hub: retention, queues, limits, timers."""
+
+    # Stream trimming: by age (approximate MINID on every XADD) and by a length cap.
+    stream_retention_s: int = Field(24 * 3600, ge=60)
+    stream_max_len: int = Field(1_000_000, ge=1_000)
+    # The per-tenant reader: entries per XREAD and how long one XREAD blocks (kept well
+    # under the Redis client's 5 s socket timeout).
+    read_count: int = Field(500, ge=1)
+    read_block_ms: int = Field(2_000, ge=10, le=4_000)
+    replay_page: int = Field(1_000, ge=10)
+    reconnect_backoff_s: float = Field(0.2, gt=0)
+    reconnect_backoff_max_s: float = Field(5.0, gt=0)
+    # Per client: droppable events queued, coalesced state slots, frames, slowness.
+    client_queue: int = Field(2_000, ge=1)
+    client_state_slots: int = Field(20_000, ge=1)
+    client_gaps: int = Field(16, ge=1)
+    frame_max_events: int = Field(256, ge=1)
+    frame_max_bytes: int = Field(512 * 1024, ge=1_024)
+    slow_close_after_s: float = Field(30.0, gt=0)
+    close_timeout_s: float = Field(5.0, gt=0)
+    # The socket protocol.
+    auth_timeout_s: float = Field(5.0, gt=0)
+    max_channels: int = Field(256, ge=1)
+    max_message_bytes: int = Field(16 * 1024, ge=256)
+    max_abuse: int = Field(5, ge=1)
+    presence_ttl_s: int = Field(60, ge=5)
+    presence_heartbeat_s: float = Field(20.0, gt=0)
+
+
 class Settings(BaseSettings):
     """Everything configurable; nested keys use `__` (CIVITAS_DATABASE__HOST)."""
 
@@ -128,8 +206,10 @@ class Settings(BaseSettings):
     mqtt: MqttSettings = MqttSettings()
     auth: AuthSettings = AuthSettings()
     ingest: IngestSettings = IngestSettings()
+    actors: ActorSettings = ActorSettings()
     ray: RaySettings = RaySettings()
     serve: ServeSettings = ServeSettings()
+    realtime: RealtimeSettings = RealtimeSettings()
 
     @model_validator(mode="after")
     def _refuse_default_secret(self) -> Settings:

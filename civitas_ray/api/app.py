@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI, Request, Response
+from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
+from starlette.datastructures import MutableHeaders
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from civitas_ray import __version__
 from civitas_ray.api import health, problems
@@ -29,25 +31,69 @@ SECURITY_HEADERS = {
 }
 
 
+class RequestContextMiddleware:
+    """Request id (from X-Request-ID or new), timing and security headers, in pure ASGI.
+
+    A plain ASGI middleware rather than Starlette's BaseHTTPMiddleware, which adds a task
+    and a stream per request on the ingest hot path.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        rid = ""
+        for key, value in scope["headers"]:
+            if key == b"x-request-id":
+                rid = value.decode("latin-1")[:64]
+                break
+        rid = rid or uuid.uuid4().hex
+        token = request_id_var.set(rid)
+        start = time.perf_counter()
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = MutableHeaders(scope=message)
+                headers["X-Request-ID"] = rid
+                headers["Server-Timing"] = f"app;dur={(time.perf_counter() - start) * 1000:.1f}"
+                for k, v in SECURITY_HEADERS.items():
+                    headers.setdefault(k, v)
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_headers)
+        finally:
+            request_id_var.reset(token)
+
+
 def _routers() -> list:  # type: ignore[type-arg]
+    from civitas_ray.alerts.router import alerts_router, rules_router
     from civitas_ray.assets.router import router as assets
     from civitas_ray.audit.router import router as audit
     from civitas_ray.auth.router import router as auth
     from civitas_ray.incidents.router import router as incidents
+    from civitas_ray.realtime.router import router as presence
+    from civitas_ray.streams.router import router as streams
     from civitas_ray.telemetry.router import router as telemetry
     from civitas_ray.tenants.router import router as tenants
     from civitas_ray.users.router import api_keys_router, users_router
     from civitas_ray.zones.router import router as zones
 
-    return [auth, tenants, users_router, api_keys_router, zones, assets, incidents, telemetry,
-            audit]
+    return [auth, tenants, users_router, api_keys_router, zones, assets, streams, incidents,
+            rules_router, alerts_router, telemetry, audit, presence]
 
 
 @asynccontextmanager
 async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     yield
+    from civitas_ray.realtime.hub import close_hub
     from civitas_ray.telemetry.ingest import close_ingestor
 
+    # Sockets first: they are told to go elsewhere before Redis and the database close.
+    await close_hub()
     await close_ingestor()
     await dispose_engine()
     await close_redis()
@@ -74,24 +120,11 @@ def create_app() -> FastAPI:
                            allow_credentials=True, allow_methods=["*"], allow_headers=["*"],
                            expose_headers=["X-Request-ID", "Retry-After"])
 
-    @app.middleware("http")
-    async def _request_context(
-        request: Request, call_next: Callable[[Request], Awaitable[Response]]
-    ) -> Response:
-        rid = request.headers.get("x-request-id") or uuid.uuid4().hex
-        token = request_id_var.set(rid[:64])
-        start = time.perf_counter()
-        try:
-            response = await call_next(request)
-        finally:
-            request_id_var.reset(token)
-        response.headers["X-Request-ID"] = rid[:64]
-        response.headers["Server-Timing"] = f"app;dur={(time.perf_counter() - start) * 1000:.1f}"
-        for key, value in SECURITY_HEADERS.items():
-            response.headers.setdefault(key, value)
-        return response
-
+    app.add_middleware(RequestContextMiddleware)
     app.include_router(health.router)
     for router in _routers():
         app.include_router(router, prefix=API_PREFIX)
+    from civitas_ray.realtime.router import ws_router
+
+    app.include_router(ws_router)  # /ws: outside /api/v1, as the architecture places it
     return app
