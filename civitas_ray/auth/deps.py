@@ -69,7 +69,8 @@ def client_address(request: Request) -> str | None:
     return request.client.host if request.client else None
 
 
-async def _principal_from_token(session: AsyncSession, token: str) -> Principal:
+async def principal_from_token(session: AsyncSession, token: str) -> Principal:
+    """The user behind an access token, re-checked against the database (HTTP and WS)."""
     claims = decode_access_token(token, settings=get_settings().auth)
     await set_context(session, tenant_id=claims.tenant_id)
     user = (await session.execute(
@@ -109,7 +110,7 @@ async def _auth_context(
 ) -> AsyncIterator[AuthContext]:
     async with get_sessionmaker()() as session, session.begin():
         if token:
-            principal = await _principal_from_token(session, token)
+            principal = await principal_from_token(session, token)
         elif api_key:
             principal = await _principal_from_api_key(session, api_key)
         else:

@@ -8,7 +8,7 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Query, status
 
-from civitas_ray.auth.deps import AuthDep, needs
+from civitas_ray.auth.deps import AuthContext, AuthDep, needs
 from civitas_ray.auth.permissions import Perm
 from civitas_ray.incidents import service
 from civitas_ray.incidents.models import Incident, IncidentEvent
@@ -25,6 +25,7 @@ from civitas_ray.incidents.schemas import (
     IncidentUpdate,
     TransitionRequest,
 )
+from civitas_ray.realtime.events import Event, publish
 from civitas_ray.schemas import Page, page_of
 
 router = APIRouter(prefix="/incidents", tags=["incidents"])
@@ -34,6 +35,18 @@ IncidentSort = Literal["opened_at", "-opened_at", "severity", "-severity", "numb
 LIFECYCLE = ("Lifecycle: `open` → `acknowledged` → `resolved` → `closed`; `open` → `resolved` "
              "directly; `resolved` → `open` reopens. `closed` is final. Any other move is "
              "refused with 409 and the list of allowed next states.")
+
+
+def _announce(ctx: AuthContext, incident: Incident, event_type: str) -> Incident:
+    """Publish the change on the tenant's `incidents` channel once it has committed."""
+    tenant_id = ctx.principal.tenant_id
+    data = service.snapshot(incident)
+
+    async def go() -> None:
+        await publish(tenant_id, [Event(type=event_type, channel="incidents", data=data)])
+
+    ctx.after_commit(go)
+    return incident
 
 
 async def valid_incident(ctx: AuthDep, incident_id: uuid.UUID) -> Incident:
@@ -75,8 +88,9 @@ async def list_incidents(
              description="Opens a manual incident; zone and asset must belong to the tenant.",
              **needs(Perm.INCIDENTS_WRITE))
 async def create_incident(ctx: AuthDep, body: IncidentCreate) -> Incident:
-    return await service.create(session=ctx.session, tenant_id=ctx.principal.tenant_id,
-                                data=body, actor=ctx.actor)
+    incident = await service.create(session=ctx.session, tenant_id=ctx.principal.tenant_id,
+                                    data=body, actor=ctx.actor)
+    return _announce(ctx, incident, "incident.opened")
 
 
 @router.get("/{incident_id}", response_model=IncidentRead, summary="One incident",
@@ -90,8 +104,9 @@ async def get_incident(incident: IncidentDep) -> Incident:
                           "Status moves through `/transition`, the assignee through `/assign`.",
               **needs(Perm.INCIDENTS_WRITE))
 async def update_incident(ctx: AuthDep, incident: IncidentDep, body: IncidentUpdate) -> Incident:
-    return await service.update(session=ctx.session, incident=incident, data=body,
-                                actor=ctx.actor)
+    incident = await service.update(session=ctx.session, incident=incident, data=body,
+                                    actor=ctx.actor)
+    return _announce(ctx, incident, "incident.updated")
 
 
 @router.delete("/{incident_id}", response_model=IncidentRead,
@@ -100,8 +115,9 @@ async def update_incident(ctx: AuthDep, incident: IncidentDep, body: IncidentUpd
                            "keeps absorbing alerts for its dedup key.",
                **needs(Perm.INCIDENTS_WRITE))
 async def delete_incident(ctx: AuthDep, incident: IncidentDep) -> Incident:
-    return await service.set_deleted(session=ctx.session, incident=incident, deleted=True,
-                                     actor=ctx.actor)
+    incident = await service.set_deleted(session=ctx.session, incident=incident, deleted=True,
+                                         actor=ctx.actor)
+    return _announce(ctx, incident, "incident.deleted")
 
 
 @router.post("/{incident_id}/restore", response_model=IncidentRead,
@@ -109,8 +125,9 @@ async def delete_incident(ctx: AuthDep, incident: IncidentDep) -> Incident:
 async def restore_incident(ctx: AuthDep, incident_id: uuid.UUID) -> Incident:
     incident = await service.require(session=ctx.session, tenant_id=ctx.principal.tenant_id,
                                      incident_id=incident_id, include_deleted=True)
-    return await service.set_deleted(session=ctx.session, incident=incident, deleted=False,
-                                     actor=ctx.actor)
+    incident = await service.set_deleted(session=ctx.session, incident=incident,
+                                         deleted=False, actor=ctx.actor)
+    return _announce(ctx, incident, "incident.restored")
 
 
 @router.post("/{incident_id}/assign", response_model=IncidentRead,
@@ -118,8 +135,10 @@ async def restore_incident(ctx: AuthDep, incident_id: uuid.UUID) -> Incident:
              description="The assignee must be a live, active user of the tenant (else 422); "
                          "`null` unassigns.", **needs(Perm.INCIDENTS_WRITE))
 async def assign_incident(ctx: AuthDep, incident: IncidentDep, body: AssignRequest) -> Incident:
-    return await service.assign(session=ctx.session, incident=incident,
-                                assignee_id=body.assignee_id, note=body.note, actor=ctx.actor)
+    incident = await service.assign(session=ctx.session, incident=incident,
+                                    assignee_id=body.assignee_id, note=body.note,
+                                    actor=ctx.actor)
+    return _announce(ctx, incident, "incident.assigned")
 
 
 @router.post("/{incident_id}/comments", response_model=IncidentEventRead,
@@ -128,8 +147,10 @@ async def assign_incident(ctx: AuthDep, incident: IncidentDep, body: AssignReque
              **needs(Perm.INCIDENTS_WRITE))
 async def comment_incident(ctx: AuthDep, incident: IncidentDep,
                            body: CommentCreate) -> IncidentEvent:
-    return await service.comment(session=ctx.session, incident=incident, body=body.body,
-                                 actor=ctx.actor)
+    event = await service.comment(session=ctx.session, incident=incident, body=body.body,
+                                  actor=ctx.actor)
+    _announce(ctx, incident, "incident.commented")
+    return event
 
 
 @router.post("/{incident_id}/transition", response_model=IncidentRead,
@@ -137,8 +158,10 @@ async def comment_incident(ctx: AuthDep, incident: IncidentDep,
              **needs(Perm.INCIDENTS_WRITE))
 async def transition_incident(ctx: AuthDep, incident: IncidentDep,
                               body: TransitionRequest) -> Incident:
-    return await service.transition(session=ctx.session, incident=incident, status=body.status,
-                                    note=body.note, actor=ctx.actor)
+    incident = await service.transition(session=ctx.session, incident=incident,
+                                        status=body.status, note=body.note, actor=ctx.actor)
+    kind = "reopened" if incident.status == IncidentStatus.OPEN else incident.status
+    return _announce(ctx, incident, f"incident.{kind}")
 
 
 @router.get("/{incident_id}/timeline", response_model=Page[IncidentEventRead],

@@ -20,7 +20,7 @@ from pydantic import ValidationError
 from redis.exceptions import RedisError
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from civitas_ray.auth.deps import Principal, _principal_from_token
+from civitas_ray.auth.deps import Principal, principal_from_token
 from civitas_ray.auth.security import API_KEY_PREFIX, decode_access_token
 from civitas_ray.config import get_settings
 from civitas_ray.db.session import get_sessionmaker
@@ -148,7 +148,7 @@ class Connection:
         try:
             claims = decode_access_token(token, settings=get_settings().auth)
             async with get_sessionmaker()() as session, session.begin():
-                principal = await _principal_from_token(session, token)
+                principal = await principal_from_token(session, token)
         except Unauthorized as exc:
             return CloseCode.UNAUTHENTICATED, exc.detail
         if self.principal is not None and (principal.id, principal.tenant_id) != \

@@ -385,3 +385,26 @@ async def test_concurrent_alerts_for_one_key_open_one_incident(make_tenant) -> N
     results = await asyncio.gather(*(one(i) for i in range(n)))
     assert len({incident_id for incident_id, _ in results}) == 1
     assert sum(created for _, created in results) == 1
+
+
+async def test_changes_are_published_on_the_incidents_channel(client, make_tenant) -> None:
+    from civitas_ray.realtime.events import replay
+
+    t = await make_tenant(roles=["operator"])
+    h = t.headers("operator")
+    r = await client.post("/api/v1/incidents", headers=h, json={
+        "title": "Signal dark at 5th/42nd", "severity": "major", "domain": "mobility"})
+    iid = r.json()["id"]
+    await client.post(f"/api/v1/incidents/{iid}/transition", headers=h,
+                      json={"status": "acknowledged"})
+    await client.post(f"/api/v1/incidents/{iid}/comments", headers=h, json={"body": "crew sent"})
+    await client.post(f"/api/v1/incidents/{iid}/transition", headers=h,
+                      json={"status": "resolved"})
+    await client.post(f"/api/v1/incidents/{iid}/transition", headers=h, json={"status": "open"})
+    # A refused transition publishes nothing.
+    await client.post(f"/api/v1/incidents/{iid}/transition", headers=h, json={"status": "closed"})
+    events = await replay(t.id, "0-0", channels={"incidents"})
+    assert [e.type for e in events] == ["incident.opened", "incident.acknowledged",
+                                        "incident.commented", "incident.resolved",
+                                        "incident.reopened"]
+    assert all(e.data["id"] == iid for e in events)
