@@ -17,8 +17,13 @@ os.environ.setdefault("CIVITAS_DATABASE__NAME", "civitas_test")
 os.environ.setdefault("CIVITAS_ENVIRONMENT", "test")
 os.environ.setdefault("CIVITAS_LOG_JSON", "false")
 
+import asyncio
+import contextlib
+import socket
+
 import httpx
 import pytest
+import uvicorn
 from sqlalchemy import text
 
 from civitas_ray.config import get_settings
@@ -153,3 +158,37 @@ async def redis_clean() -> AsyncIterator[None]:
 
 def sql_text(s: str) -> Any:
     return text(s)
+
+
+@pytest.fixture(scope="session")
+async def live_server(app: Any) -> AsyncIterator[str]:
+    """`create_app()` under uvicorn in this process and event loop, on a free port.
+
+    A fixed send buffer (accepted sockets inherit it) instead of loopback autotuning up
+    to 4 MiB: a client that stops reading is felt by the server after ~100 KiB.
+    """
+    from civitas_ray.api.app import create_app
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 64 * 1024)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    config = uvicorn.Config(create_app(), lifespan="on", log_config=None, access_log=False,
+                            log_level="warning")
+    server = uvicorn.Server(config)
+    # The test process keeps its signals: Ctrl-C stops pytest, not just the server.
+    server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign,assignment]
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    for _ in range(500):
+        if server.started or task.done():
+            break
+        await asyncio.sleep(0.01)
+    if not server.started:
+        task.cancel()
+        pytest.fail("the live server did not start")
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    await asyncio.wait_for(task, 15)
+    sock.close()

@@ -12,7 +12,9 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
+import orjson
 import pytest
+import websockets
 
 from civitas_ray.realtime.events import replay
 from tests.conftest import TenantFixture
@@ -69,7 +71,8 @@ async def _setup(client: httpx.AsyncClient, t: TenantFixture) -> tuple[str, str]
 
 
 async def test_ingest_state_alert_incident_recovery(client: httpx.AsyncClient, make_tenant,
-                                                    wired: Any, admin_sql) -> None:
+                                                    wired: Any, admin_sql,
+                                                    live_server: str) -> None:
     t = await make_tenant(roles=["tenant_admin", "operator", "analyst"])
     zone_id, asset_id = await _setup(client, t)
     r = await client.post("/api/v1/alert-rules", headers=t.headers("operator"), json={
@@ -78,6 +81,14 @@ async def test_ingest_state_alert_incident_recovery(client: httpx.AsyncClient, m
         "severity": "major", "for_seconds": 0})
     assert r.status_code == 201, r.text
     rule_id = r.json()["id"]
+
+    # A control-room client watching alerts and incidents over the WebSocket.
+    ws_url = live_server.replace("http", "ws") + "/ws?token=" + \
+        t.users["operator"]["access_token"]
+    ws = await websockets.connect(ws_url)
+    assert orjson.loads(await ws.recv())["type"] == "authenticated"
+    await ws.send(orjson.dumps({"type": "subscribe", "channels": ["alerts", "incidents"]}).decode())
+    assert orjson.loads(await ws.recv())["type"] == "subscribed"
 
     now = datetime.now(UTC).replace(microsecond=0)
     readings = [{"asset_id": asset_id, "metric": "level",
@@ -128,6 +139,10 @@ async def test_ingest_state_alert_incident_recovery(client: httpx.AsyncClient, m
     assert incident["severity"] == "major" and str(incident["asset_id"]) == asset_id
     events = await replay(t.id, "0-0", channels={"alerts", "incidents"}, limit=100)
     assert [e.type for e in events][:2] == ["alert.fired", "incident.opened"]
+    on_socket = await _socket_events(ws, 2)
+    assert [(m["type"], m["channel"]) for m in on_socket] == [
+        ("alert.fired", "alerts"), ("incident.opened", "incidents")]
+    assert on_socket[0]["data"]["rule_id"] == rule_id and on_socket[0]["id"] == events[0].id
 
     # Inside the hysteresis band it keeps firing; below it, it recovers.
     await client.post("/api/v1/telemetry", headers=t.device_headers, json={"readings": [
@@ -152,6 +167,21 @@ async def test_ingest_state_alert_incident_recovery(client: httpx.AsyncClient, m
                                         "incident.resolved"]
     r = await client.get("/api/v1/alerts", headers=t.headers("operator"))
     assert [a["status"] for a in r.json()["items"]] == ["resolved"]
+    assert [m["type"] for m in await _socket_events(ws, 2)] == ["alert.resolved",
+                                                               "incident.resolved"]
+    await ws.close()
+
+
+async def _socket_events(ws: Any, n: int, timeout_s: float = 10.0) -> list[dict[str, Any]]:
+    """The next `n` event messages (frames may carry one message or a list of them)."""
+    out: list[dict[str, Any]] = []
+    deadline = time.monotonic() + timeout_s
+    while len(out) < n:
+        frame = orjson.loads(await asyncio.wait_for(ws.recv(), deadline - time.monotonic()))
+        for msg in frame if isinstance(frame, list) else [frame]:
+            if msg.get("id") and msg.get("channel"):
+                out.append(msg)
+    return out
 
 
 async def test_killed_stream_shard_rebuilds_from_the_database(
