@@ -9,6 +9,7 @@ permission a route requires; the declaration shows in OpenAPI as `x-permission`.
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -128,6 +129,56 @@ async def _auth_context(
 
 
 AuthDep = Annotated[AuthContext, Depends(_auth_context, scope="function")]
+
+# Device keys seen recently, by hash: the ingest hot path then needs no database round
+# trip to authenticate. A revocation is immediate in the process that revoked the key
+# and takes effect elsewhere within the TTL.
+API_KEY_CACHE_TTL_S = 10.0
+_api_key_cache: dict[str, tuple[float, Principal]] = {}
+
+
+def forget_api_key(key_hash: str | None = None) -> None:
+    if key_hash is None:
+        _api_key_cache.clear()
+    else:
+        _api_key_cache.pop(key_hash, None)
+
+
+async def _principal_only(
+    request: Request,
+    token: Annotated[str | None, Security(oauth2_scheme)],
+    api_key: Annotated[str | None, Security(api_key_scheme)],
+) -> Principal:
+    """Authenticate without holding a session for the request (hot paths)."""
+    if api_key and not token:
+        key_hash = sha256_hex(api_key)
+        hit = _api_key_cache.get(key_hash)
+        if hit is not None and time.monotonic() - hit[0] < API_KEY_CACHE_TTL_S:
+            request.state.principal = hit[1]
+            return hit[1]
+    async with get_sessionmaker()() as session, session.begin():
+        if token:
+            principal = await principal_from_token(session, token)
+        elif api_key:
+            principal = await _principal_from_api_key(session, api_key)
+            _api_key_cache[sha256_hex(api_key)] = (time.monotonic(), principal)
+        else:
+            raise Unauthorized("Authentication required: a bearer token or an X-API-Key")
+    request.state.principal = principal
+    return principal
+
+
+PrincipalDep = Annotated[Principal, Depends(_principal_only)]
+
+
+def needs_principal(perm: Perm) -> dict[str, Any]:
+    """Like `needs`, for routes that take a `PrincipalDep` and no request transaction."""
+
+    async def check(principal: PrincipalDep) -> None:
+        if not principal.can(perm):
+            raise Forbidden(f"This action needs the '{perm}' permission")
+
+    return {"dependencies": [Depends(check)], "openapi_extra": {"x-permission": str(perm)}}
 
 
 def needs(perm: Perm) -> dict[str, Any]:

@@ -12,7 +12,7 @@ from fastapi import APIRouter, Query, Request, status
 from fastapi.responses import Response
 from sqlalchemy import text
 
-from civitas_ray.auth.deps import AuthDep, needs
+from civitas_ray.auth.deps import AuthDep, PrincipalDep, needs, needs_principal
 from civitas_ray.auth.permissions import Perm
 from civitas_ray.config import get_settings
 from civitas_ray.errors import CivitasError, ServiceUnavailable, ValidationFailed
@@ -62,9 +62,9 @@ _SENML_EXAMPLE = [{"bn": "6f1c0c3e-5b7e-4a9e-9a55-0f1e2d3c4b5a/", "bt": 1.7945e9
                       "415": {"description": "Unsupported content type"},
                       "503": {"description": "Back-pressure: retry after `Retry-After` s"}},
     },
-    dependencies=needs(Perm.TELEMETRY_INGEST)["dependencies"],
+    dependencies=needs_principal(Perm.TELEMETRY_INGEST)["dependencies"],
 )
-async def ingest(ctx: AuthDep, request: Request) -> Response:
+async def ingest(principal: PrincipalDep, request: Request) -> Response:
     s = get_settings().ingest
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > s.max_body_bytes:
@@ -85,8 +85,7 @@ async def ingest(ctx: AuthDep, request: Request) -> Response:
         raise ValidationFailed(str(exc)) from exc
     try:
         outcome = await get_ingestor().ingest(
-            tenant_id=ctx.principal.tenant_id, parsed=parsed,
-            allowed_assets=ctx.principal.asset_ids)
+            tenant_id=principal.tenant_id, parsed=parsed, allowed_assets=principal.asset_ids)
     except Backpressure as exc:
         raise ServiceUnavailable(str(exc), headers={
             "Retry-After": str(int(exc.retry_after_s))}) from exc

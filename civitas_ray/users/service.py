@@ -10,6 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from civitas_ray.audit import service as audit
 from civitas_ray.audit.service import Actor
+from civitas_ray.auth.deps import forget_api_key
 from civitas_ray.auth.models import ApiKey, AppUser
 from civitas_ray.auth.permissions import API_KEY_PERMISSIONS
 from civitas_ray.auth.security import check_password_policy, hash_password, new_api_key
@@ -159,6 +160,7 @@ async def revoke_api_key(*, session: AsyncSession, key_id: uuid.UUID, actor: Act
     if row.revoked_at is None:
         before = ApiKeyRead.model_validate(row).model_dump(mode="json")
         row.revoked_at = datetime.now(UTC)
+        forget_api_key(row.key_hash)
         await session.flush()
         await session.refresh(row)
         await audit.record(session=session, actor=actor, action="api_key.revoke",

@@ -95,11 +95,18 @@ async def test_api_keys(client: httpx.AsyncClient, make_tenant, admin_sql) -> No
     assert me.json()["permissions"] == ["telemetry:ingest"]
     # A device key reads nothing else.
     assert (await client.get("/api/v1/users", headers={"X-API-Key": key})).status_code == 403
+    # The ingest path caches keys briefly: prime that cache before revoking.
+    r = await client.post("/api/v1/telemetry", headers={"X-API-Key": key},
+                          json={"readings": []})
+    assert r.status_code == 202
     listed = (await client.get("/api/v1/api-keys", headers=h)).json()
     assert "key" not in listed["items"][0]
     r = await client.delete(f"/api/v1/api-keys/{created['id']}", headers=h)
     assert r.status_code == 200 and r.json()["revoked_at"]
     assert (await client.get("/api/v1/auth/me", headers={"X-API-Key": key})).status_code == 401
+    r = await client.post("/api/v1/telemetry", headers={"X-API-Key": key},
+                          json={"readings": []})
+    assert r.status_code == 401, "a revoked key must stop ingesting at once in this process"
 
 
 def test_cli_bootstrap_prints_key_last(migrated_db: str) -> None:
