@@ -82,8 +82,9 @@ def _routers() -> list:  # type: ignore[type-arg]
     from civitas_ray.users.router import api_keys_router, users_router
     from civitas_ray.zones.router import router as zones
 
-    return [auth, tenants, users_router, api_keys_router, zones, assets, streams, incidents,
-            rules_router, alerts_router, telemetry, audit, presence]
+    # Telemetry first: routes are matched in order and ingest is the hot path.
+    return [telemetry, auth, tenants, users_router, api_keys_router, zones, assets, streams,
+            incidents, rules_router, alerts_router, audit, presence]
 
 
 @asynccontextmanager

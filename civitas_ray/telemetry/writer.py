@@ -73,16 +73,22 @@ class Rows:
 
     def dedupe(self) -> Rows:
         """Keep the last row of each (asset, metric, ts) in the batch."""
-        if len(self) < 2:
+        n = len(self)
+        if n < 2:
             return self
-        key = np.empty(len(self), dtype=[("a", "V16"), ("m", "<i4"), ("t", "<i8")])
-        key["a"], key["m"], key["t"] = self.asset, self.metric_codes, self.ts_us
-        # np.unique keeps the first occurrence; reverse so the last one wins.
-        _, first_in_rev = np.unique(key[::-1], return_index=True)
-        if first_in_rev.size == len(self):
+        words = np.ascontiguousarray(self.asset).view(np.uint64).reshape(-1, 2)
+        # Stable sort by the full key; equal keys stay in arrival order.
+        order = np.lexsort((np.arange(n), self.ts_us, self.metric_codes, words[:, 1],
+                            words[:, 0]))
+        a0, a1 = words[order, 0], words[order, 1]
+        m, t = self.metric_codes[order], self.ts_us[order]
+        same_as_next = (a0[:-1] == a0[1:]) & (a1[:-1] == a1[1:]) & (m[:-1] == m[1:]) \
+            & (t[:-1] == t[1:])
+        if not same_as_next.any():
             return self
-        keep = np.sort(len(self) - 1 - first_in_rev)
-        return self.take(keep)
+        keep = np.ones(n, dtype=bool)
+        keep[:-1] = ~same_as_next  # the last of each run of equal keys wins
+        return self.take(np.sort(order[keep]))
 
 
 CommitHook = Callable[[Rows], Awaitable[None]]
