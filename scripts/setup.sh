@@ -169,21 +169,26 @@ python_setup() {
     for c in python3.11 python3.12 python3; do command -v "$c" >/dev/null && { py="$c"; break; }; done
   fi
   [ -x "$VENV/bin/python" ] || { say "creating $VENV with $py"; "$py" -m venv "$VENV"; }
+  # pip warns once per package about index locations this machine's pip.conf names
+  # but does not have; the install is unaffected, so keep the log readable.
   local pip="$VENV/bin/python -m pip"
+  export PIP_DISABLE_PIP_VERSION_CHECK=1
   local stamp="$VENV/.civitas-installed"
   local hash
   hash=$(cat pyproject.toml | sha256sum | cut -c1-16)-$EXTRAS
   if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$hash" ]; then
     ok "Python package already installed in $VENV"
   else
-    $pip install -q --upgrade pip wheel >/dev/null
+    $pip install -q --upgrade pip wheel 2>&1 | grep -v "is ignored: it is neither" || true
     # A CPU build of torch first: sentence-transformers would otherwise pull a multi-GB CUDA build.
     if ! "$VENV/bin/python" -c "import torch" >/dev/null 2>&1; then
       say "installing torch (CPU build)"
-      $pip install -q "torch==2.13.0" || $pip install -q "torch<=2.14.1"
+      { $pip install -q "torch==2.13.0" || $pip install -q "torch<=2.14.1"; } 2>&1 \
+        | grep -v "is ignored: it is neither" || true
+      "$VENV/bin/python" -c "import torch" || fail "torch did not install"
     fi
     say "installing civitas_ray[$EXTRAS] into $VENV"
-    $pip install -q -e ".[$EXTRAS]"
+    $pip install -q -e ".[$EXTRAS]" 2>&1 | { grep -v "is ignored: it is neither" || true; }
     echo "$hash" > "$stamp"
     ok "Python package installed"
   fi
