@@ -15,6 +15,7 @@ from civitas_ray import __version__
 from civitas_ray.cache import get_redis
 from civitas_ray.config import get_settings
 from civitas_ray.db.session import get_engine
+from civitas_ray.mqtt.health import bridge_readiness
 
 router = APIRouter(tags=["health"])
 CHECK_TIMEOUT_S = 2.0
@@ -59,6 +60,8 @@ async def _mqtt() -> None:
 
 # Extra readiness probes registered by other components (MQTT bridge, feed pollers...).
 EXTRA_CHECKS: dict[str, Any] = {}
+# The MQTT bridge runs in other processes: its heartbeat in Redis says how it is doing.
+EXTRA_CHECKS["mqtt_bridge"] = bridge_readiness
 
 
 @router.get("/readyz", summary="Dependencies reachable (database, Redis, MQTT)",
