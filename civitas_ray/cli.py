@@ -178,8 +178,10 @@ def audit_verify(tenant: Annotated[str | None, typer.Option(help="Only this tena
 
 def main() -> None:
     from civitas_ray import runtime_cli
+    from civitas_ray.mqtt.commands import register as register_mqtt
 
     runtime_cli.register(app)
+    register_mqtt(app)
     app(prog_name="civitas")
 
 

@@ -7,8 +7,10 @@ of the CLI starts fast and never loads it.
 from __future__ import annotations
 
 import signal
+import subprocess
+import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 
@@ -148,7 +150,11 @@ def demo(address: AddressOpt = None, port: PortOpt = None, config: ConfigOpt = N
          tenant: Annotated[str, typer.Option(help="Slug of the demo tenant")] = "demo",
          detach: Annotated[bool, typer.Option(
              "--detach", help="Leave it running and return (stop it with `civitas down`)")]
-         = False) -> None:
+         = False,
+         rate: Annotated[float, typer.Option(
+             help="Readings a second from simulated devices over MQTT, replaying the real "
+                  "series in CIVITAS_DATA_DIR (0: none)")] = 50.0,
+         devices: Annotated[int, typer.Option(help="Simulated devices")] = 60) -> None:
     """Migrate, seed a demo city (NYC boroughs), bring the platform up, print how to log in."""
     from civitas_ray.config import get_settings
     from civitas_ray.db import migrate
@@ -165,23 +171,35 @@ def demo(address: AddressOpt = None, port: PortOpt = None, config: ConfigOpt = N
     except (CivitasError, demo_city.DemoError, OSError, ValueError) as exc:
         _fail(f"civitas demo failed: {exc}")
     typer.echo(seeded.summary())
+    sim_cmd = _simulator_command(settings, tenant, rate, devices)
     if detach:
         _print_up(_bring_up(address, port, config, http_port, host, num_cpus, timeout))
         typer.echo(demo_city.credentials_text(seeded, password_from_env=password.from_env))
+        if sim_cmd:
+            typer.echo("Make it live: " + " ".join(sim_cmd[2:]).replace(
+                "civitas_ray.cli", "civitas"))
         return
     # From here on Ctrl-C or SIGTERM, whenever it comes, ends in an orderly `down`
     # instead of a traceback half-way through start-up. Handlers, not a blocked signal
     # mask: child processes (the Ray head) would inherit the mask and ignore SIGTERM.
     previous = {s: signal.signal(s, _raise_stop) for s in _STOP_SIGNALS}
+    simulator: subprocess.Popen[bytes] | None = None
     try:
         _print_up(_bring_up(address, port, config, http_port, host, num_cpus, timeout))
         typer.echo(demo_city.credentials_text(seeded, password_from_env=password.from_env))
+        if sim_cmd:
+            simulator = subprocess.Popen(sim_cmd, stdout=subprocess.DEVNULL)  # noqa: S603
+            typer.echo(f"Live city: {devices} simulated devices send {rate:g} readings/s "
+                       "over MQTT (replaying real series).")
         typer.echo("Running in the foreground: Ctrl-C stops it (or --detach next time).")
         while True:
             signal.pause()
     except _Stop as stop:
         typer.echo(f"\n{stop}: shutting down")
     finally:
+        if simulator is not None:
+            simulator.terminate()
+            simulator.wait(10)
         for s in _STOP_SIGNALS:
             signal.signal(s, _already_stopping)
         t = control.target(settings, address=address, port=port, config_path=config)
@@ -189,6 +207,18 @@ def demo(address: AddressOpt = None, port: PortOpt = None, config: ConfigOpt = N
             typer.echo(line)
         for s, handler in previous.items():
             signal.signal(s, handler)
+
+
+def _simulator_command(settings: Any, tenant: str, rate: float, devices: int) -> list[str]:
+    """The `civitas simulate` that makes the demo city live (empty when disabled)."""
+    if rate <= 0 or devices <= 0:
+        return []
+    cmd = [sys.executable, "-m", "civitas_ray.cli", "simulate", "--tenant", tenant,
+           "--assets", str(devices), "--rate", f"{rate:g}", "--transport", "mqtt"]
+    data_dir = Path(settings.data_dir)
+    if (data_dir / "timeseries").is_dir():
+        cmd += ["--data-dir", str(data_dir.resolve())]
+    return cmd
 
 
 def serve_dev(host: Annotated[str | None, typer.Option(help="Default CIVITAS_SERVE__HOST")]

@@ -92,10 +92,26 @@ def up(settings: Settings, t: Target, *, num_cpus: int | None = None,
         serving.deploy(config)
         url = serving.base_url(*serving.http_target(config), cluster_host=t.cluster_host)
         serving.wait_until_serving(config, url, timeout_s=timeout_s)
+        warm_entity_hosts(settings)
+        from civitas_ray.mqtt.actor import start_bridge
+
+        start_bridge(settings, env_vars=serving.settings_env())
     finally:
         cluster.disconnect()
     return UpResult(url=url, address=t.address, head=head, started_head=started,
                     applications=[a.name for a in config.applications])
+
+
+def warm_entity_hosts(settings: Settings) -> None:
+    """Create the StreamShard and ZoneShard actors now, not on the first reading."""
+    import ray
+
+    from civitas_ray.runtime import registry
+
+    a = settings.actors
+    handles = [registry.stream_shard(i) for i in range(a.stream_shards)]
+    handles += [registry.zone_shard(i) for i in range(a.zone_shards)]
+    ray.get([h.info.remote() for h in handles], timeout=120)
 
 
 def app_names(config_path: Path) -> list[str]:
@@ -125,6 +141,13 @@ def down(settings: Settings, t: Target) -> list[str]:
     cluster.configure_auth(may_create_token=False)
     cluster.connect(t.address, namespace=settings.ray.namespace)
     try:
+        from civitas_ray.mqtt.actor import stop_bridge
+
+        # Drain the bridge first: what it received is committed and acknowledged, not
+        # left for the broker to resend.
+        stopped = stop_bridge(settings)
+        if stopped:
+            done.append(f"MQTT bridge stopped ({len(stopped)} actor(s))")
         if head is not None:
             done.append("Serve shut down" if serving.shutdown_serve()
                         else "Serve was not running")
