@@ -186,6 +186,10 @@ def demo(address: AddressOpt = None, port: PortOpt = None, config: ConfigOpt = N
     simulator: subprocess.Popen[bytes] | None = None
     try:
         _print_up(_bring_up(address, port, config, http_port, host, num_cpus, timeout))
+        # Connecting to Ray and disconnecting again resets SIGTERM to its default (an
+        # instant exit with no `down`): take the signals back.
+        for s in _STOP_SIGNALS:
+            signal.signal(s, _raise_stop)
         typer.echo(demo_city.credentials_text(seeded, password_from_env=password.from_env))
         if sim_cmd:
             simulator = subprocess.Popen(sim_cmd, stdout=subprocess.DEVNULL)  # noqa: S603
