@@ -89,6 +89,7 @@ class StreamHost:
         self._assets: dict[tuple[uuid.UUID, uuid.UUID], AssetInfo] = {}
         self._rules: dict[uuid.UUID, TenantRules] = {}
         self._activating: dict[StreamKey, asyncio.Future[Entity]] = {}
+        self._load_slots = asyncio.Semaphore(4)
         self._zone_sink = zone_sink
         self.stats = {"batches": 0, "readings": 0, "activations": 0, "rebuilt_rows": 0,
                       "passivations": 0, "alerts_fired": 0, "alerts_resolved": 0,
@@ -133,61 +134,101 @@ class StreamHost:
 
     # ---- activation ------------------------------------------------------------------
     async def _activate(self, key: StreamKey, info: AssetInfo) -> Entity:
-        entity = self.entities.get(key)
-        if entity is not None:
-            return entity
-        pending = self._activating.get(key)
-        if pending is not None:
-            return await pending
-        fut: asyncio.Future[Entity] = asyncio.get_running_loop().create_future()
-        self._activating[key] = fut
-        try:
-            entity = await self._load(key, info)
-            self.entities[key] = entity
-            fut.set_result(entity)
-            return entity
-        except BaseException as exc:
-            fut.set_exception(exc)
-            fut.exception()  # retrieved: waiters get it, nobody logs "never retrieved"
-            raise
-        finally:
-            self._activating.pop(key, None)
+        return (await self._activate_many({key: info}))[key]
 
-    async def _load(self, key: StreamKey, info: AssetInfo) -> Entity:
-        tenant_id, asset_id, metric = key
-        spec = MetricSpec.from_dict(info.specs.get(metric))
-        raw = await get_redis().get(checkpoint_key(key))
-        checkpoint = orjson.loads(raw) if raw else None
-        since = None
-        if checkpoint and checkpoint.get("latest"):
-            since = datetime.fromtimestamp(checkpoint["latest"][0] / 1e6, UTC)
-        a = self.settings.actors
-        async with tenant_session(tenant_id) as s:
-            if since is not None:
-                rows = (await s.execute(text(
-                    "select ts, value from telemetry where asset_id = :a and metric = :m "
-                    "and ts > :since order by ts limit 100000"),
-                    {"a": asset_id, "m": metric, "since": since})).all()
+    async def _activate_many(self, wanted: dict[StreamKey, AssetInfo]) -> dict[StreamKey, Entity]:
+        """Activate streams in bulk: one MGET and one query per tenant, whatever the count.
+
+        Concurrent callers share the work (a key being loaded is awaited, not reloaded),
+        and the number of loads in flight is bounded so a burst of new streams never
+        exhausts the Redis or database pools.
+        """
+        out: dict[StreamKey, Entity] = {}
+        waits: dict[StreamKey, asyncio.Future[Entity]] = {}
+        mine: dict[StreamKey, AssetInfo] = {}
+        loop = asyncio.get_running_loop()
+        for key, info in wanted.items():
+            if (entity := self.entities.get(key)) is not None:
+                out[key] = entity
+            elif (pending := self._activating.get(key)) is not None:
+                waits[key] = pending
             else:
-                rows = (await s.execute(text(
-                    "select ts, value from (select ts, value from telemetry where asset_id = :a "
-                    "and metric = :m and ts > now() - make_interval(days => :d) "
-                    "order by ts desc limit :n) r order by ts"),
-                    {"a": asset_id, "m": metric, "d": a.rebuild_history_days,
-                     "n": max(a.rebuild_recent_readings, 4096)})).all()
-        ts = np.fromiter((int(r[0].timestamp() * 1_000_000) for r in rows), np.int64, len(rows))
-        vals = np.fromiter((r[1] for r in rows), np.float64, len(rows))
-        try:
-            state = StreamState.rebuild(ts, vals, asset_id=str(asset_id), metric=metric,
-                                        spec=spec, config=StreamConfig(), checkpoint=checkpoint)
-        except (KeyError, ValueError, TypeError):
-            log.warning("unusable checkpoint, rebuilding from the database",
-                        extra={"stream": checkpoint_key(key)})
-            state = StreamState.rebuild(ts, vals, asset_id=str(asset_id), metric=metric,
-                                        spec=spec, config=StreamConfig())
-        self.stats["activations"] += 1
-        self.stats["rebuilt_rows"] += len(rows)
-        return Entity(state=state, zone_id=info.zone_id)
+                mine[key] = info
+                self._activating[key] = loop.create_future()
+        if mine:
+            try:
+                async with self._load_slots:
+                    loaded = await self._load_many(mine)
+            except BaseException as exc:
+                for key in mine:
+                    fut = self._activating.pop(key)
+                    fut.set_exception(exc)
+                    fut.exception()  # retrieved: waiters see it, nobody logs it as lost
+                raise
+            for key, entity in loaded.items():
+                self.entities[key] = entity
+                self._activating.pop(key).set_result(entity)
+                out[key] = entity
+        for key, fut in waits.items():
+            out[key] = await fut
+        return out
+
+    async def _load_many(self, wanted: dict[StreamKey, AssetInfo]) -> dict[StreamKey, Entity]:
+        keys = list(wanted)
+        raws = await get_redis().mget([checkpoint_key(k) for k in keys])
+        checkpoints: dict[StreamKey, dict[str, Any]] = {}
+        for key, raw in zip(keys, raws, strict=True):
+            if raw:
+                try:
+                    checkpoints[key] = orjson.loads(raw)
+                except orjson.JSONDecodeError:
+                    log.warning("unreadable checkpoint", extra={"stream": checkpoint_key(key)})
+        rows: dict[StreamKey, list[tuple[datetime, float]]] = {k: [] for k in keys}
+        a = self.settings.actors
+        by_tenant: dict[uuid.UUID, list[StreamKey]] = {}
+        for key in keys:
+            by_tenant.setdefault(key[0], []).append(key)
+        for tenant_id, tkeys in by_tenant.items():
+            since = []
+            for k in tkeys:
+                latest = (checkpoints.get(k) or {}).get("latest")
+                since.append(datetime.fromtimestamp(latest[0] / 1e6, UTC) if latest else None)
+            async with tenant_session(tenant_id) as s:
+                # After a checkpoint: every row newer than it. Without: the stream's most
+                # recent rows within the history window (enough for the week profile).
+                result = await s.execute(text(
+                    "select k.a, k.m, r.ts, r.value from unnest(cast(:a as uuid[]), "
+                    "cast(:m as text[]), cast(:s as timestamptz[])) as k(a, m, s) "
+                    "cross join lateral (select ts, value from telemetry t "
+                    " where t.asset_id = k.a and t.metric = k.m and t.ts > coalesce(k.s, "
+                    " now() - make_interval(days => :d)) "
+                    " order by t.ts desc limit case when k.s is null then :n else 100000 end"
+                    ") r"),
+                    {"a": [k[1] for k in tkeys], "m": [k[2] for k in tkeys], "s": since,
+                     "d": a.rebuild_history_days, "n": max(a.rebuild_recent_readings, 4096)})
+                for asset_id, metric, ts, value in result.all():
+                    rows[(tenant_id, asset_id, metric)].append((ts, value))
+        out: dict[StreamKey, Entity] = {}
+        for key in keys:
+            found = sorted(rows[key])
+            ts = np.fromiter((int(r[0].timestamp() * 1_000_000) for r in found), np.int64,
+                             len(found))
+            vals = np.fromiter((r[1] for r in found), np.float64, len(found))
+            info = wanted[key]
+            spec = MetricSpec.from_dict(info.specs.get(key[2]))
+            try:
+                state = StreamState.rebuild(ts, vals, asset_id=str(key[1]), metric=key[2],
+                                            spec=spec, config=StreamConfig(),
+                                            checkpoint=checkpoints.get(key))
+            except (KeyError, ValueError, TypeError):
+                log.warning("unusable checkpoint, rebuilding from the database",
+                            extra={"stream": checkpoint_key(key)})
+                state = StreamState.rebuild(ts, vals, asset_id=str(key[1]), metric=key[2],
+                                            spec=spec, config=StreamConfig())
+            self.stats["activations"] += 1
+            self.stats["rebuilt_rows"] += len(found)
+            out[key] = Entity(state=state, zone_id=info.zone_id)
+        return out
 
     # ---- the hot path ------------------------------------------------------------------
     async def apply(self, tenant: np.ndarray, asset: np.ndarray, codes: np.ndarray,
@@ -213,8 +254,8 @@ class StreamHost:
             for a, info in (await self._asset_infos(t, list(set(assets)))).items():
                 infos[(t, a)] = info
         # Activate every new stream of the batch concurrently, then apply in order.
-        await asyncio.gather(*(self._activate(sk, infos[(sk[0], sk[1])])
-                               for sk, _ in groups if sk not in self.entities))
+        await self._activate_many({sk: infos[(sk[0], sk[1])] for sk, _ in groups
+                                   if sk not in self.entities})
         now = _now_us()
         zone_deltas: list[ZoneItem] = []
         events: dict[uuid.UUID, list[Event]] = {}

@@ -295,7 +295,7 @@ class QualityMonitor:
     def _raise(self, ev: FlagEvent, out: QualityUpdate) -> None:
         self.active[ev.flag] = ev
         out.raised.append(ev)
-        self.raised_total[ev.flag] = self.raised_total.get(ev.flag, 0) + 1
+        self.raised_total[str(ev.flag)] = self.raised_total.get(str(ev.flag), 0) + 1
 
     def _clear(self, flag: FlagId, at_us: int, out: QualityUpdate,
                extra: dict[str, Any] | None = None) -> None:
@@ -525,7 +525,7 @@ class QualityMonitor:
         return {
             "spec": self.spec.to_dict(), "config": self.config.to_dict(),
             "active": [ev.state() for ev in self.active.values()],
-            "raised_total": dict(self.raised_total),
+            "raised_total": {str(k): v for k, v in self.raised_total.items()},
             "prev": [[t, v] for t, v in self._prev],
             "run_start_us": self._run_start_us, "run_count": self._run_count,
             "step_scale": self._step_scale, "steps_seen": self._steps_seen,

@@ -67,6 +67,7 @@ class ZoneHost:
         self.evaluators: dict[tuple[str, ZoneKey, str], tuple[RuleEvaluator, Any]] = {}
         self._rules: dict[uuid.UUID, tuple[float, list[AlertRule]]] = {}
         self._activating: dict[ZoneKey, asyncio.Future[ZoneEntity | None]] = {}
+        self._load_slots = asyncio.Semaphore(4)
         self.stats: dict[str, int] = {"batches": 0, "deltas": 0, "activations": 0,
                                       "events": 0, "errors": 0}
 
@@ -94,7 +95,8 @@ class ZoneHost:
         fut: asyncio.Future[ZoneEntity | None] = asyncio.get_running_loop().create_future()
         self._activating[key] = fut
         try:
-            loaded = await self._load(key, must_exist=must_exist)
+            async with self._load_slots:  # bounded: a burst of zones cannot drain the pools
+                loaded = await self._load(key, must_exist=must_exist)
             if loaded is not None:
                 self.entities[key] = loaded
             fut.set_result(loaded)

@@ -393,3 +393,16 @@ def test_anomaly_scores_do_not_depend_on_batching() -> None:
     singles = np.concatenate([one.update(res[i:i + 1]).z for i in range(res.size)])
     np.testing.assert_allclose(whole.z, singles, equal_nan=True)
     assert not whole.is_anomaly[:48].any()  # the warm-up raises no alarm
+
+
+def test_checkpoint_survives_a_json_round_trip_with_flags_raised() -> None:
+    """Checkpoints travel as JSON (Redis): enum keys or numpy scalars must not break that."""
+    import orjson
+
+    st = StreamState("a", "level")
+    ts = np.arange(40, dtype=np.int64) * 60_000_000 + 1_790_000_000_000_000
+    st.apply(ts, np.full(40, 7.0))  # a stuck sensor raises `stuck`
+    assert "stuck" in st.flags
+    raw = orjson.dumps(st.checkpoint(), option=orjson.OPT_SERIALIZE_NUMPY)
+    back = StreamState.restore(orjson.loads(raw))
+    assert back.flags == st.flags and back.latest == st.latest
