@@ -265,5 +265,8 @@ def connect(address: str, *, namespace: str) -> None:
 def disconnect() -> None:
     import ray
 
+    from civitas_ray.runtime.registry import forget_handles
+
+    forget_handles()
     if ray.is_initialized():
         ray.shutdown()

@@ -53,21 +53,40 @@ def _actor_options(name: str) -> dict[str, Any]:
     s = get_settings()
     return {"name": name, "namespace": s.ray.namespace, "get_if_exists": True,
             "lifetime": "detached", "max_restarts": -1, "max_task_retries": -1,
-            "num_cpus": s.actors.shard_num_cpus, "max_concurrency": 1000}
+            # Batches beyond this wait in Ray's queue (back-pressure), not in the pools.
+            "num_cpus": s.actors.shard_num_cpus, "max_concurrency": 64}
+
+
+# Handles by (namespace, name): a named actor keeps its handle across Ray's restarts of
+# it, so each process looks a shard up once.
+_handles: dict[tuple[str, str], Any] = {}
 
 
 def stream_shard(index: int) -> Any:
     from civitas_ray.streams.actor import StreamShard
 
-    n = get_settings().actors.stream_shards
-    return StreamShard.options(**_actor_options(f"stream-shard-{index}")).remote(index, n)
+    s = get_settings()
+    key = (s.ray.namespace, f"stream-shard-{index}")
+    if key not in _handles:
+        _handles[key] = StreamShard.options(**_actor_options(key[1])).remote(
+            index, s.actors.stream_shards)
+    return _handles[key]
 
 
 def zone_shard(index: int) -> Any:
     from civitas_ray.zones.actor import ZoneShard
 
-    n = get_settings().actors.zone_shards
-    return ZoneShard.options(**_actor_options(f"zone-shard-{index}")).remote(index, n)
+    s = get_settings()
+    key = (s.ray.namespace, f"zone-shard-{index}")
+    if key not in _handles:
+        _handles[key] = ZoneShard.options(**_actor_options(key[1])).remote(
+            index, s.actors.zone_shards)
+    return _handles[key]
+
+
+def forget_handles() -> None:
+    """After a disconnect from Ray (handles belong to one connection)."""
+    _handles.clear()
 
 
 def stream_shard_for(asset_id: bytes) -> Any:

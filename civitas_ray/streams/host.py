@@ -90,41 +90,61 @@ class StreamHost:
         self._rules: dict[uuid.UUID, TenantRules] = {}
         self._activating: dict[StreamKey, asyncio.Future[Entity]] = {}
         self._load_slots = asyncio.Semaphore(4)
+        self._locks: dict[uuid.UUID, asyncio.Lock] = {}
         self._zone_sink = zone_sink
         self.stats = {"batches": 0, "readings": 0, "activations": 0, "rebuilt_rows": 0,
                       "passivations": 0, "alerts_fired": 0, "alerts_resolved": 0,
                       "events": 0, "errors": 0}
 
     # ---- lookups ---------------------------------------------------------------------
+    def _tenant_lock(self, tenant_id: uuid.UUID) -> asyncio.Lock:
+        lock = self._locks.get(tenant_id)
+        if lock is None:
+            lock = self._locks[tenant_id] = asyncio.Lock()
+        return lock
+
     async def _asset_infos(self, tenant_id: uuid.UUID,
                            asset_ids: list[uuid.UUID]) -> dict[uuid.UUID, AssetInfo]:
-        now = time.monotonic()
-        missing = [a for a in asset_ids
-                   if (i := self._assets.get((tenant_id, a))) is None or now - i.loaded_at > 60]
-        if missing:
-            async with tenant_session(tenant_id) as s:
-                rows = (await s.execute(text(
-                    "select id, zone_id, metrics from asset where id = any(:ids)"),
-                    {"ids": missing})).all()
-            for r in rows:
-                self._assets[(tenant_id, r[0])] = AssetInfo(r[1], r[2] or {}, now)
-            for a in missing:  # deleted assets: remember them as zone-less, spec-less
-                self._assets.setdefault((tenant_id, a), AssetInfo(None, {}, now))
+        def stale() -> list[uuid.UUID]:
+            now = time.monotonic()
+            return [a for a in asset_ids if (i := self._assets.get((tenant_id, a))) is None
+                    or now - i.loaded_at > 60]
+
+        if stale():
+            # One lookup per tenant at a time: concurrent batches wait for it instead of
+            # each opening a session (the pool is small, batches are many).
+            async with self._tenant_lock(tenant_id):
+                missing = stale()
+                if missing:
+                    async with tenant_session(tenant_id) as s:
+                        rows = (await s.execute(text(
+                            "select id, zone_id, metrics from asset where id = any(:ids)"),
+                            {"ids": missing})).all()
+                    now = time.monotonic()
+                    for a in missing:  # deleted or unknown: zone-less and spec-less
+                        self._assets[(tenant_id, a)] = AssetInfo(None, {}, now)
+                    for r in rows:
+                        self._assets[(tenant_id, r[0])] = AssetInfo(r[1], r[2] or {}, now)
         return {a: self._assets[(tenant_id, a)] for a in asset_ids}
 
     async def _tenant_rules(self, tenant_id: uuid.UUID) -> TenantRules:
+        ttl = self.settings.actors.rules_ttl_s
         cached = self._rules.get(tenant_id)
-        if cached and time.monotonic() - cached.loaded_at < self.settings.actors.rules_ttl_s:
+        if cached and time.monotonic() - cached.loaded_at < ttl:
             return cached
-        async with tenant_session(tenant_id) as s:
-            rules = await alerts.active_rules(session=s)
-        by_stream: dict[tuple[uuid.UUID, str | None], list[AlertRule]] = {}
-        for r in rules:
-            if r.asset_id is not None:
-                by_stream.setdefault((r.asset_id, r.metric), []).append(r)
-        fresh = TenantRules(by_stream, time.monotonic())
-        self._rules[tenant_id] = fresh
-        return fresh
+        async with self._tenant_lock(tenant_id):
+            cached = self._rules.get(tenant_id)
+            if cached and time.monotonic() - cached.loaded_at < ttl:
+                return cached  # another batch reloaded them while this one waited
+            async with tenant_session(tenant_id) as s:
+                rules = await alerts.active_rules(session=s)
+            by_stream: dict[tuple[uuid.UUID, str | None], list[AlertRule]] = {}
+            for r in rules:
+                if r.asset_id is not None:
+                    by_stream.setdefault((r.asset_id, r.metric), []).append(r)
+            fresh = TenantRules(by_stream, time.monotonic())
+            self._rules[tenant_id] = fresh
+            return fresh
 
     def invalidate_rules(self, tenant_id: uuid.UUID | None = None) -> None:
         if tenant_id is None:

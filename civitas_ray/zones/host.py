@@ -68,15 +68,21 @@ class ZoneHost:
         self._rules: dict[uuid.UUID, tuple[float, list[AlertRule]]] = {}
         self._activating: dict[ZoneKey, asyncio.Future[ZoneEntity | None]] = {}
         self._load_slots = asyncio.Semaphore(4)
+        self._locks: dict[uuid.UUID, asyncio.Lock] = {}
         self.stats: dict[str, int] = {"batches": 0, "deltas": 0, "activations": 0,
                                       "events": 0, "errors": 0}
 
     async def _zone_rules(self, tenant_id: uuid.UUID, zone_id: uuid.UUID) -> list[AlertRule]:
+        ttl = self.settings.actors.rules_ttl_s
         cached = self._rules.get(tenant_id)
-        if cached is None or time.monotonic() - cached[0] > self.settings.actors.rules_ttl_s:
-            async with tenant_session(tenant_id) as s:
-                rules = [r for r in await alerts.active_rules(session=s) if r.zone_id]
-            cached = self._rules[tenant_id] = (time.monotonic(), rules)
+        if cached is None or time.monotonic() - cached[0] > ttl:
+            lock = self._locks.setdefault(tenant_id, asyncio.Lock())
+            async with lock:  # one reload per tenant, however many batches want it
+                cached = self._rules.get(tenant_id)
+                if cached is None or time.monotonic() - cached[0] > ttl:
+                    async with tenant_session(tenant_id) as s:
+                        rules = [r for r in await alerts.active_rules(session=s) if r.zone_id]
+                    cached = self._rules[tenant_id] = (time.monotonic(), rules)
         return [r for r in cached[1] if r.zone_id == zone_id]
 
     def invalidate_rules(self, tenant_id: uuid.UUID | None = None) -> None:

@@ -222,3 +222,34 @@ async def test_killed_stream_shard_rebuilds_from_the_database(
 
 async def _equals(fn: Callable[[], Awaitable[Any]], expected: Any) -> bool:
     return await fn() == expected
+
+
+async def test_killed_zone_shard_rebuilds_its_zones(client: httpx.AsyncClient, make_tenant,
+                                                    wired: Any) -> None:
+    import ray
+
+    from civitas_ray.runtime import registry
+
+    t = await make_tenant(roles=["tenant_admin", "analyst"])
+    zone_id, asset_id = await _setup(client, t)
+    now = datetime.now(UTC).replace(microsecond=0)
+    await client.post("/api/v1/telemetry", headers=t.device_headers, json={"readings": [
+        {"asset_id": asset_id, "metric": "level", "ts": iso(now - timedelta(minutes=1)),
+         "value": 42.0}]})
+
+    async def zone_latest() -> float | None:
+        r = await client.get(f"/api/v1/zones/{zone_id}/state", headers=t.headers("analyst"))
+        if r.status_code != 200 or "level" not in r.json()["metrics"]:
+            return None
+        return r.json()["metrics"]["level"]["latest"]["max"]
+
+    assert await eventually(lambda: _equals(zone_latest, 42.0))
+    shard = registry.zone_shard_for(uuid.UUID(zone_id).bytes)
+    pid_before = (await shard.info.remote())["pid"]
+    ray.kill(shard, no_restart=False)
+    # The restarted shard knows the zone again from PostgreSQL, then follows new readings.
+    assert await eventually(lambda: _equals(zone_latest, 42.0), timeout_s=60)
+    assert (await shard.info.remote())["pid"] != pid_before
+    await client.post("/api/v1/telemetry", headers=t.device_headers, json={"readings": [
+        {"asset_id": asset_id, "metric": "level", "ts": iso(now), "value": 57.0}]})
+    assert await eventually(lambda: _equals(zone_latest, 57.0), timeout_s=30)
