@@ -156,12 +156,16 @@ class StreamHost:
     async def _activate(self, key: StreamKey, info: AssetInfo) -> Entity:
         return (await self._activate_many({key: info}))[key]
 
-    async def _activate_many(self, wanted: dict[StreamKey, AssetInfo]) -> dict[StreamKey, Entity]:
+    async def _activate_many(self, wanted: dict[StreamKey, AssetInfo], *,
+                             before: dict[StreamKey, int] | None = None
+                             ) -> dict[StreamKey, Entity]:
         """Activate streams in bulk: one MGET and one query per tenant, whatever the count.
 
         Concurrent callers share the work (a key being loaded is awaited, not reloaded),
         and the number of loads in flight is bounded so a burst of new streams never
-        exhausts the Redis or database pools.
+        exhausts the Redis or database pools. `before` bounds the rows read per stream:
+        a batch that activates its stream is applied afterwards as new readings (rules,
+        zone deltas and events see it), not swallowed by the rebuild.
         """
         out: dict[StreamKey, Entity] = {}
         waits: dict[StreamKey, asyncio.Future[Entity]] = {}
@@ -178,7 +182,7 @@ class StreamHost:
         if mine:
             try:
                 async with self._load_slots:
-                    loaded = await self._load_many(mine)
+                    loaded = await self._load_many(mine, before or {})
             except BaseException as exc:
                 for key in mine:
                     fut = self._activating.pop(key)
@@ -193,7 +197,8 @@ class StreamHost:
             out[key] = await fut
         return out
 
-    async def _load_many(self, wanted: dict[StreamKey, AssetInfo]) -> dict[StreamKey, Entity]:
+    async def _load_many(self, wanted: dict[StreamKey, AssetInfo],
+                         before: dict[StreamKey, int]) -> dict[StreamKey, Entity]:
         keys = list(wanted)
         raws = await get_redis().mget([checkpoint_key(k) for k in keys])
         checkpoints: dict[StreamKey, dict[str, Any]] = {}
@@ -209,22 +214,25 @@ class StreamHost:
         for key in keys:
             by_tenant.setdefault(key[0], []).append(key)
         for tenant_id, tkeys in by_tenant.items():
-            since = []
+            since, until = [], []
             for k in tkeys:
                 latest = (checkpoints.get(k) or {}).get("latest")
                 since.append(datetime.fromtimestamp(latest[0] / 1e6, UTC) if latest else None)
+                bound = before.get(k)
+                until.append(datetime.fromtimestamp(bound / 1e6, UTC) if bound else None)
             async with tenant_session(tenant_id) as s:
                 # After a checkpoint: every row newer than it. Without: the stream's most
                 # recent rows within the history window (enough for the week profile).
                 result = await s.execute(text(
                     "select k.a, k.m, r.ts, r.value from unnest(cast(:a as uuid[]), "
-                    "cast(:m as text[]), cast(:s as timestamptz[])) as k(a, m, s) "
-                    "cross join lateral (select ts, value from telemetry t "
+                    "cast(:m as text[]), cast(:s as timestamptz[]), cast(:u as timestamptz[])) "
+                    "as k(a, m, s, u) cross join lateral (select ts, value from telemetry t "
                     " where t.asset_id = k.a and t.metric = k.m and t.ts > coalesce(k.s, "
-                    " now() - make_interval(days => :d)) "
+                    " now() - make_interval(days => :d)) and (k.u is null or t.ts < k.u) "
                     " order by t.ts desc limit case when k.s is null then :n else 100000 end"
                     ") r"),
                     {"a": [k[1] for k in tkeys], "m": [k[2] for k in tkeys], "s": since,
+                     "u": until,
                      "d": a.rebuild_history_days, "n": max(a.rebuild_recent_readings, 4096)})
                 for asset_id, metric, ts, value in result.all():
                     rows[(tenant_id, asset_id, metric)].append((ts, value))
@@ -274,25 +282,35 @@ class StreamHost:
             for a, info in (await self._asset_infos(t, list(set(assets)))).items():
                 infos[(t, a)] = info
         # Activate every new stream of the batch concurrently, then apply in order.
-        await self._activate_many({sk: infos[(sk[0], sk[1])] for sk, _ in groups
-                                   if sk not in self.entities})
+        fresh = {sk: sel for sk, sel in groups if sk not in self.entities}
+        await self._activate_many({sk: infos[(sk[0], sk[1])] for sk in fresh},
+                                  before={sk: int(ts_us[sel].min()) for sk, sel in fresh.items()})
         now = _now_us()
         zone_deltas: list[ZoneItem] = []
         events: dict[uuid.UUID, list[Event]] = {}
         transitions: list[Firing] = []
         for sk, sel in groups:
             entity = self.entities[sk]
-            delta = entity.state.apply(ts_us[sel], values[sel])
             entity.last_active = time.monotonic()
-            if not delta.changed:
-                continue
-            entity.dirty = True
             info = infos[(sk[0], sk[1])]
             entity.zone_id = info.zone_id
-            if info.zone_id is not None:
-                zone_deltas.append(self._zone_delta(sk, info.zone_id, delta))
-            self._stream_event(sk, entity, delta, events)
-            transitions.extend(await self._evaluate(sk, entity, now))
+            rules = await self._rules_for(sk)
+            if rules and sel.size > 1:
+                # A stream with rules sees every reading, in time order: a crossing and
+                # its recovery committed in one batch must both count.
+                steps = [sel[i:i + 1] for i in np.argsort(ts_us[sel], kind="stable")]
+            else:
+                steps = [sel]
+            for step in steps:
+                delta = entity.state.apply(ts_us[step], values[step])
+                if not delta.changed:
+                    continue
+                entity.dirty = True
+                if info.zone_id is not None:
+                    zone_deltas.append(self._zone_delta(sk, info.zone_id, delta))
+                self._stream_event(sk, entity, delta, events)
+                if rules:
+                    transitions.extend(self._evaluate_rules(sk, entity, rules, now))
         if zone_deltas and self._zone_sink is not None:
             self._zone_sink(zone_deltas)
         await effects.apply(transitions, events, self.stats)
@@ -315,12 +333,18 @@ class StreamHost:
         events.setdefault(sk[0], []).append(
             Event(type="stream.update", channel=f"stream:{sk[1]}/{sk[2]}", data=delta.to_dict()))
 
-    async def _evaluate(self, sk: StreamKey, entity: Entity, now_us: int) -> list[Firing]:
+    async def _rules_for(self, sk: StreamKey) -> list[AlertRule]:
         rules = await self._tenant_rules(sk[0])
-        matching = [*rules.by_stream.get((sk[1], sk[2]), []),
-                    *rules.by_stream.get((sk[1], None), [])]
+        return [*rules.by_stream.get((sk[1], sk[2]), []),
+                *rules.by_stream.get((sk[1], None), [])]
+
+    async def _evaluate(self, sk: StreamKey, entity: Entity, now_us: int) -> list[Firing]:
+        return self._evaluate_rules(sk, entity, await self._rules_for(sk), now_us)
+
+    def _evaluate_rules(self, sk: StreamKey, entity: Entity, rules: list[AlertRule],
+                        now_us: int) -> list[Firing]:
         out = []
-        for rule in matching:
+        for rule in rules:
             ev = self._evaluator(sk, rule)
             horizon = float(rule.condition.get("within_seconds", 0)) \
                 if rule.condition.get("type") == "forecast" else 0.0

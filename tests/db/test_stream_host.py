@@ -100,3 +100,27 @@ async def test_unknown_stream_has_no_state(migrated_db, admin_sql) -> None:
     host = StreamHost()
     assert await host.snapshot(tenant, asset, "nothing", window=5) is None
     assert await host.snapshot(tenant, uuid.uuid4(), "level", window=5) is None
+
+
+async def test_crossing_and_recovery_in_one_batch_both_count(migrated_db, admin_sql) -> None:
+    from civitas_ray.alerts import service as alerts
+
+    tenant, [asset] = await _tenant_with_assets(admin_sql, 1)
+    async with tenant_session(tenant) as s:
+        await alerts.create_rule(session=s, tenant_id=tenant, actor=SYSTEM_ACTOR,
+                                 created_by=None, values={
+            "name": "high", "asset_id": asset, "metric": "level", "severity": "major",
+            "condition": {"type": "threshold", "op": ">", "threshold": 100},
+            "for_seconds": 0})
+    start = (time.time_ns() // 1000) - 600_000_000
+    rows = _rows(tenant, [asset], 4, start)
+    rows.value[:] = [10.0, 150.0, 20.0, 30.0]  # up and back down within one batch
+    await _store(rows)
+    host = StreamHost()
+    await _apply(host, rows)
+    alerts_rows = await admin_sql("select status, value, data from alert where tenant_id = $1",
+                                  tenant)
+    assert [(r["status"], r["value"]) for r in alerts_rows] == [("resolved", 150.0)], host.info()
+    [incident] = await admin_sql("select status from incident where tenant_id = $1", tenant)
+    assert incident["status"] == "resolved"
+    assert host.stats["alerts_fired"] == 1 and host.stats["alerts_resolved"] == 1

@@ -132,8 +132,8 @@ async def test_ingest_state_alert_incident_recovery(client: httpx.AsyncClient, m
                                t.id)
 
     [alert] = await eventually(firing)
-    # Rules see each stream once per committed batch: the batch's newest value.
-    assert str(alert["rule_id"]) == rule_id and alert["value"] == 160.0
+    # Rules see every reading: the alert fired on the first crossing, 150.
+    assert str(alert["rule_id"]) == rule_id and alert["value"] == 150.0
     [incident] = await admin_sql("select * from incident where id = $1", alert["incident_id"])
     assert incident["status"] == "open" and incident["source"] == "rule"
     assert incident["severity"] == "major" and str(incident["asset_id"]) == asset_id
