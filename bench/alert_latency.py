@@ -244,17 +244,7 @@ def main() -> None:
     ap.add_argument("--load-assets", type=int, default=1000)
     args = ap.parse_args()
 
-    import ray
-
-    from civitas_ray.config import get_settings
-
-    get_settings().ray.namespace = NAMESPACE
-    ray.init(address="local", namespace=NAMESPACE, include_dashboard=False, num_cpus=2,
-             log_to_driver=False, configure_logging=False)
-    try:
-        asyncio.run(run(args))
-    finally:
-        ray.shutdown()
+    common.run_on_local_ray(NAMESPACE, run(args))
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import httpx
@@ -106,3 +107,18 @@ def wait_http(url: str, timeout_s: float = 60) -> None:
             pass
         time.sleep(0.3)
     raise RuntimeError(f"{url} did not answer within {timeout_s} s")
+
+
+def run_on_local_ray(namespace: str, coro: Any) -> None:
+    """Run `coro` with a fresh local Ray (never a running cluster) in `namespace`."""
+    import ray
+
+    from civitas_ray.config import get_settings
+
+    get_settings().ray.namespace = namespace
+    ray.init(address="local", namespace=namespace, include_dashboard=False, num_cpus=2,
+             log_to_driver=False, configure_logging=False)
+    try:
+        asyncio.run(coro)
+    finally:
+        ray.shutdown()

@@ -160,17 +160,7 @@ def main() -> None:
     ap.add_argument("--horizon", type=int, default=3600)
     args = ap.parse_args()
 
-    import ray
-
-    from civitas_ray.config import get_settings
-
-    get_settings().ray.namespace = NAMESPACE
-    ray.init(address="local", namespace=NAMESPACE, include_dashboard=False, num_cpus=2,
-             log_to_driver=False, configure_logging=False)
-    try:
-        asyncio.run(run(args))
-    finally:
-        ray.shutdown()
+    common.run_on_local_ray(NAMESPACE, run(args))
 
 
 if __name__ == "__main__":

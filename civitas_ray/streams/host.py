@@ -90,6 +90,10 @@ class StreamHost:
         self._rules: dict[uuid.UUID, TenantRules] = {}
         self._activating: dict[StreamKey, asyncio.Future[Entity]] = {}
         self._load_slots = asyncio.Semaphore(4)
+        # Batches are applied concurrently, but their side effects (alert rows, incidents,
+        # events) are written one batch at a time, in the order they were evaluated.
+        self._effects_lock = asyncio.Lock()
+        self._apply_lock = asyncio.Lock()
         self._locks: dict[uuid.UUID, asyncio.Lock] = {}
         self._zone_sink = zone_sink
         self.stats = {"batches": 0, "readings": 0, "activations": 0, "rebuilt_rows": 0,
@@ -274,6 +278,28 @@ class StreamHost:
             sk = (uuid.UUID(bytes=bytes(k["t"])), uuid.UUID(bytes=bytes(k["a"])),
                   names[int(k["m"])])
             groups.append((sk, order[bounds[g]:bounds[g + 1]]))
+        # Batches are taken one at a time up to the point where their side effects are
+        # queued: entities see readings in arrival order, and effects keep that order.
+        await self._apply_lock.acquire()
+        try:
+            zone_deltas, events, transitions = await self._evaluate_batch(groups, ts_us, values)
+            await self._effects_lock.acquire()
+        finally:
+            self._apply_lock.release()
+        try:
+            if zone_deltas and self._zone_sink is not None:
+                self._zone_sink(zone_deltas)
+            await effects.apply(transitions, events, self.stats)
+            await effects.publish_all(events, self.stats)
+        finally:
+            self._effects_lock.release()
+        return len(groups)
+
+    async def _evaluate_batch(self, groups: list[tuple[StreamKey, np.ndarray]],
+                              ts_us: np.ndarray, values: np.ndarray,
+                              ) -> tuple[list[ZoneItem], dict[uuid.UUID, list[Event]],
+                                         list[Firing]]:
+        """Apply each stream's readings; collect zone deltas, events and rule firings."""
         by_tenant: dict[uuid.UUID, list[uuid.UUID]] = {}
         for (t, a, _), _sel in groups:
             by_tenant.setdefault(t, []).append(a)
@@ -311,11 +337,7 @@ class StreamHost:
                 self._stream_event(sk, entity, delta, events)
                 if rules:
                     transitions.extend(self._evaluate_rules(sk, entity, rules, now))
-        if zone_deltas and self._zone_sink is not None:
-            self._zone_sink(zone_deltas)
-        await effects.apply(transitions, events, self.stats)
-        await effects.publish_all(events, self.stats)
-        return len(groups)
+        return zone_deltas, events, transitions
 
     @staticmethod
     def _zone_delta(sk: StreamKey, zone_id: uuid.UUID, d: StreamDelta) -> ZoneItem:
@@ -401,22 +423,30 @@ class StreamHost:
         now_us = _now_us()
         events: dict[uuid.UUID, list[Event]] = {}
         transitions: list[Firing] = []
-        for sk, entity in list(self.entities.items()):
-            delta = entity.state.check_gap(now_us)
-            if delta.raised or delta.cleared:
-                entity.dirty = True
-                self._stream_event(sk, entity, delta, events)
-                transitions.extend(await self._evaluate(sk, entity, now_us))
-        for (rule_id, sk), (ev, _) in list(self.evaluators.items()):
-            tr = ev.tick(now_us)
-            if tr is not None and sk in self.entities:
-                rules = await self._tenant_rules(sk[0])
-                rule = next((r for rs in rules.by_stream.values() for r in rs
-                             if str(r.id) == rule_id), None)
-                if rule is not None:
-                    transitions.append(self._firing(sk, tr, rule))
-        await effects.apply(transitions, events, self.stats)
-        await effects.publish_all(events, self.stats)
+        await self._apply_lock.acquire()  # in line with the batches, like one of them
+        try:
+            for sk, entity in list(self.entities.items()):
+                delta = entity.state.check_gap(now_us)
+                if delta.raised or delta.cleared:
+                    entity.dirty = True
+                    self._stream_event(sk, entity, delta, events)
+                    transitions.extend(await self._evaluate(sk, entity, now_us))
+            for (rule_id, sk), (ev, _) in list(self.evaluators.items()):
+                tr = ev.tick(now_us)
+                if tr is not None and sk in self.entities:
+                    rules = await self._tenant_rules(sk[0])
+                    rule = next((r for rs in rules.by_stream.values() for r in rs
+                                 if str(r.id) == rule_id), None)
+                    if rule is not None:
+                        transitions.append(self._firing(sk, tr, rule))
+            await self._effects_lock.acquire()
+        finally:
+            self._apply_lock.release()
+        try:
+            await effects.apply(transitions, events, self.stats)
+            await effects.publish_all(events, self.stats)
+        finally:
+            self._effects_lock.release()
         saved = passivated = 0
         pipe = get_redis().pipeline(transaction=False)
         for sk, entity in list(self.entities.items()):

@@ -68,6 +68,10 @@ class ZoneHost:
         self._rules: dict[uuid.UUID, tuple[float, list[AlertRule]]] = {}
         self._activating: dict[ZoneKey, asyncio.Future[ZoneEntity | None]] = {}
         self._load_slots = asyncio.Semaphore(4)
+        # Batches are applied concurrently, but their side effects (alert rows, incidents,
+        # events) are written one batch at a time, in the order they were evaluated.
+        self._effects_lock = asyncio.Lock()
+        self._apply_lock = asyncio.Lock()
         self._locks: dict[uuid.UUID, asyncio.Lock] = {}
         self.stats: dict[str, int] = {"batches": 0, "deltas": 0, "activations": 0,
                                       "events": 0, "errors": 0}
@@ -169,25 +173,34 @@ class ZoneHost:
         by_zone: dict[ZoneKey, list[StreamDelta]] = {}
         for tenant_id, zone_id, delta in items:
             by_zone.setdefault((tenant_id, zone_id), []).append(delta)
-        await asyncio.gather(*(self._activate(k, must_exist=False)
-                               for k in by_zone if k not in self.entities))
-        now = _now_us()
-        events: dict[uuid.UUID, list[Event]] = {}
-        firings: list[Firing] = []
-        for key, deltas in by_zone.items():
-            entity = self.entities.get(key)
-            if entity is None:
-                continue
-            zd = entity.state.apply(deltas)
-            entity.last_active = time.monotonic()
-            if not zd.changed:
-                continue
-            entity.dirty = True
-            firings.extend(await self._evaluate(key, entity, now))
-            self._zone_event(key, entity, now, events, urgent=bool(
-                zd.flags_raised or zd.flags_cleared or zd.anomalies))
-        await effects.apply(firings, events, self.stats)
-        await effects.publish_all(events, self.stats)
+        # One batch at a time until its side effects are queued (see StreamHost.apply).
+        await self._apply_lock.acquire()
+        try:
+            await asyncio.gather(*(self._activate(k, must_exist=False)
+                                   for k in by_zone if k not in self.entities))
+            now = _now_us()
+            events: dict[uuid.UUID, list[Event]] = {}
+            firings: list[Firing] = []
+            for key, deltas in by_zone.items():
+                entity = self.entities.get(key)
+                if entity is None:
+                    continue
+                zd = entity.state.apply(deltas)
+                entity.last_active = time.monotonic()
+                if not zd.changed:
+                    continue
+                entity.dirty = True
+                firings.extend(await self._evaluate(key, entity, now))
+                self._zone_event(key, entity, now, events, urgent=bool(
+                    zd.flags_raised or zd.flags_cleared or zd.anomalies))
+            await self._effects_lock.acquire()
+        finally:
+            self._apply_lock.release()
+        try:
+            await effects.apply(firings, events, self.stats)
+            await effects.publish_all(events, self.stats)
+        finally:
+            self._effects_lock.release()
         return len(by_zone)
 
     async def _evaluate(self, key: ZoneKey, entity: ZoneEntity, now_us: int) -> list[Firing]:
@@ -254,8 +267,10 @@ class ZoneHost:
                                       asset_id=None, zone_id=key[1], metric=metric,
                                       subject=f"zone:{key[1]}/{metric}"))
         events: dict[uuid.UUID, list[Event]] = {}
-        await effects.apply(firings, events, self.stats)
-        await effects.publish_all(events, self.stats)
+        # In evaluation order: a recovery must never be written before its firing.
+        async with self._effects_lock:
+            await effects.apply(firings, events, self.stats)
+            await effects.publish_all(events, self.stats)
         saved = passivated = 0
         pipe = get_redis().pipeline(transaction=False)
         for key, entity in list(self.entities.items()):
