@@ -93,7 +93,6 @@ class StreamHost:
         # Batches are applied concurrently, but their side effects (alert rows, incidents,
         # events) are written one batch at a time, in the order they were evaluated.
         self._effects_lock = asyncio.Lock()
-        self._apply_lock = asyncio.Lock()
         self._locks: dict[uuid.UUID, asyncio.Lock] = {}
         self._zone_sink = zone_sink
         self.stats = {"batches": 0, "readings": 0, "activations": 0, "rebuilt_rows": 0,
@@ -278,14 +277,11 @@ class StreamHost:
             sk = (uuid.UUID(bytes=bytes(k["t"])), uuid.UUID(bytes=bytes(k["a"])),
                   names[int(k["m"])])
             groups.append((sk, order[bounds[g]:bounds[g + 1]]))
-        # Batches are taken one at a time up to the point where their side effects are
-        # queued: entities see readings in arrival order, and effects keep that order.
-        await self._apply_lock.acquire()
-        try:
-            zone_deltas, events, transitions = await self._evaluate_batch(groups, ts_us, values)
-            await self._effects_lock.acquire()
-        finally:
-            self._apply_lock.release()
+        zone_deltas, events, transitions = await self._evaluate_batch(groups, ts_us, values)
+        # Side effects are written in the order batches were evaluated (the lock is FIFO
+        # and taken with no suspension after the evaluation): a recovery can never be
+        # written before the firing it ends.
+        await self._effects_lock.acquire()
         try:
             if zone_deltas and self._zone_sink is not None:
                 self._zone_sink(zone_deltas)
@@ -311,6 +307,9 @@ class StreamHost:
         fresh = {sk: sel for sk, sel in groups if sk not in self.entities}
         await self._activate_many({sk: infos[(sk[0], sk[1])] for sk in fresh},
                                   before={sk: int(ts_us[sel].min()) for sk, sel in fresh.items()})
+        # Everything the evaluation needs is fetched first: the loop below never
+        # suspends, so a batch is evaluated whole, before any later one.
+        tenant_rules = {t: await self._tenant_rules(t) for t in by_tenant}
         now = _now_us()
         zone_deltas: list[ZoneItem] = []
         events: dict[uuid.UUID, list[Event]] = {}
@@ -320,7 +319,7 @@ class StreamHost:
             entity.last_active = time.monotonic()
             info = infos[(sk[0], sk[1])]
             entity.zone_id = info.zone_id
-            rules = await self._rules_for(sk)
+            rules = self._stream_rules(tenant_rules[sk[0]], sk)
             if rules and sel.size > 1:
                 # A stream with rules sees every reading, in time order: a crossing and
                 # its recovery committed in one batch must both count.
@@ -355,13 +354,13 @@ class StreamHost:
         events.setdefault(sk[0], []).append(
             Event(type="stream.update", channel=f"stream:{sk[1]}/{sk[2]}", data=delta.to_dict()))
 
-    async def _rules_for(self, sk: StreamKey) -> list[AlertRule]:
-        rules = await self._tenant_rules(sk[0])
+    @staticmethod
+    def _stream_rules(rules: TenantRules, sk: StreamKey) -> list[AlertRule]:
         return [*rules.by_stream.get((sk[1], sk[2]), []),
                 *rules.by_stream.get((sk[1], None), [])]
 
-    async def _evaluate(self, sk: StreamKey, entity: Entity, now_us: int) -> list[Firing]:
-        return self._evaluate_rules(sk, entity, await self._rules_for(sk), now_us)
+    async def _rules_for(self, sk: StreamKey) -> list[AlertRule]:
+        return self._stream_rules(await self._tenant_rules(sk[0]), sk)
 
     def _evaluate_rules(self, sk: StreamKey, entity: Entity, rules: list[AlertRule],
                         now_us: int) -> list[Firing]:
@@ -423,25 +422,22 @@ class StreamHost:
         now_us = _now_us()
         events: dict[uuid.UUID, list[Event]] = {}
         transitions: list[Firing] = []
-        await self._apply_lock.acquire()  # in line with the batches, like one of them
-        try:
-            for sk, entity in list(self.entities.items()):
-                delta = entity.state.check_gap(now_us)
-                if delta.raised or delta.cleared:
-                    entity.dirty = True
-                    self._stream_event(sk, entity, delta, events)
-                    transitions.extend(await self._evaluate(sk, entity, now_us))
-            for (rule_id, sk), (ev, _) in list(self.evaluators.items()):
-                tr = ev.tick(now_us)
-                if tr is not None and sk in self.entities:
-                    rules = await self._tenant_rules(sk[0])
-                    rule = next((r for rs in rules.by_stream.values() for r in rs
-                                 if str(r.id) == rule_id), None)
-                    if rule is not None:
-                        transitions.append(self._firing(sk, tr, rule))
-            await self._effects_lock.acquire()
-        finally:
-            self._apply_lock.release()
+        tenant_rules = {t: await self._tenant_rules(t) for t in {k[0] for k in self.entities}}
+        for sk, entity in list(self.entities.items()):
+            delta = entity.state.check_gap(now_us)
+            if delta.raised or delta.cleared:
+                entity.dirty = True
+                self._stream_event(sk, entity, delta, events)
+                rules = self._stream_rules(tenant_rules[sk[0]], sk)
+                transitions.extend(self._evaluate_rules(sk, entity, rules, now_us))
+        for (rule_id, sk), (ev, _) in list(self.evaluators.items()):
+            tr = ev.tick(now_us)
+            if tr is not None and sk in self.entities and sk[0] in tenant_rules:
+                rule = next((r for rs in tenant_rules[sk[0]].by_stream.values() for r in rs
+                             if str(r.id) == rule_id), None)
+                if rule is not None:
+                    transitions.append(self._firing(sk, tr, rule))
+        await self._effects_lock.acquire()
         try:
             await effects.apply(transitions, events, self.stats)
             await effects.publish_all(events, self.stats)

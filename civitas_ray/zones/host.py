@@ -71,7 +71,6 @@ class ZoneHost:
         # Batches are applied concurrently, but their side effects (alert rows, incidents,
         # events) are written one batch at a time, in the order they were evaluated.
         self._effects_lock = asyncio.Lock()
-        self._apply_lock = asyncio.Lock()
         self._locks: dict[uuid.UUID, asyncio.Lock] = {}
         self.stats: dict[str, int] = {"batches": 0, "deltas": 0, "activations": 0,
                                       "events": 0, "errors": 0}
@@ -173,29 +172,26 @@ class ZoneHost:
         by_zone: dict[ZoneKey, list[StreamDelta]] = {}
         for tenant_id, zone_id, delta in items:
             by_zone.setdefault((tenant_id, zone_id), []).append(delta)
-        # One batch at a time until its side effects are queued (see StreamHost.apply).
-        await self._apply_lock.acquire()
-        try:
-            await asyncio.gather(*(self._activate(k, must_exist=False)
-                                   for k in by_zone if k not in self.entities))
-            now = _now_us()
-            events: dict[uuid.UUID, list[Event]] = {}
-            firings: list[Firing] = []
-            for key, deltas in by_zone.items():
-                entity = self.entities.get(key)
-                if entity is None:
-                    continue
-                zd = entity.state.apply(deltas)
-                entity.last_active = time.monotonic()
-                if not zd.changed:
-                    continue
-                entity.dirty = True
-                firings.extend(await self._evaluate(key, entity, now))
-                self._zone_event(key, entity, now, events, urgent=bool(
-                    zd.flags_raised or zd.flags_cleared or zd.anomalies))
-            await self._effects_lock.acquire()
-        finally:
-            self._apply_lock.release()
+        await asyncio.gather(*(self._activate(k, must_exist=False)
+                               for k in by_zone if k not in self.entities))
+        # Fetched first, so that the evaluation below never suspends (see StreamHost).
+        rules = {key: await self._zone_rules(*key) for key in by_zone}
+        now = _now_us()
+        events: dict[uuid.UUID, list[Event]] = {}
+        firings: list[Firing] = []
+        for key, deltas in by_zone.items():
+            entity = self.entities.get(key)
+            if entity is None:
+                continue
+            zd = entity.state.apply(deltas)
+            entity.last_active = time.monotonic()
+            if not zd.changed:
+                continue
+            entity.dirty = True
+            firings.extend(self._evaluate(key, entity, rules[key], now))
+            self._zone_event(key, entity, now, events, urgent=bool(
+                zd.flags_raised or zd.flags_cleared or zd.anomalies))
+        await self._effects_lock.acquire()  # effects in evaluation order
         try:
             await effects.apply(firings, events, self.stats)
             await effects.publish_all(events, self.stats)
@@ -203,9 +199,10 @@ class ZoneHost:
             self._effects_lock.release()
         return len(by_zone)
 
-    async def _evaluate(self, key: ZoneKey, entity: ZoneEntity, now_us: int) -> list[Firing]:
+    def _evaluate(self, key: ZoneKey, entity: ZoneEntity, rules: list[AlertRule],
+                  now_us: int) -> list[Firing]:
         out = []
-        for rule in await self._zone_rules(*key):
+        for rule in rules:
             metrics = [rule.metric] if rule.metric else entity.state.metrics()
             for metric in metrics:
                 ev = self._evaluator(key, metric, rule)
