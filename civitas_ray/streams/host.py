@@ -278,17 +278,9 @@ class StreamHost:
                   names[int(k["m"])])
             groups.append((sk, order[bounds[g]:bounds[g + 1]]))
         zone_deltas, events, transitions = await self._evaluate_batch(groups, ts_us, values)
-        # Side effects are written in the order batches were evaluated (the lock is FIFO
-        # and taken with no suspension after the evaluation): a recovery can never be
-        # written before the firing it ends.
-        await self._effects_lock.acquire()
-        try:
-            if zone_deltas and self._zone_sink is not None:
-                self._zone_sink(zone_deltas)
-            await effects.apply(transitions, events, self.stats)
-            await effects.publish_all(events, self.stats)
-        finally:
-            self._effects_lock.release()
+        if zone_deltas and self._zone_sink is not None:
+            self._zone_sink(zone_deltas)
+        await self._effects(transitions, events)
         return len(groups)
 
     async def _evaluate_batch(self, groups: list[tuple[StreamKey, np.ndarray]],
@@ -353,6 +345,21 @@ class StreamHost:
         entity.last_event = now
         events.setdefault(sk[0], []).append(
             Event(type="stream.update", channel=f"stream:{sk[1]}/{sk[2]}", data=delta.to_dict()))
+
+    async def _effects(self, firings: list[Firing],
+                       events: dict[uuid.UUID, list[Event]]) -> None:
+        """Write rule transitions, then publish; transitions in evaluation order.
+
+        Only batches with transitions queue on the (FIFO) lock, taken with no suspension
+        after their evaluation: a recovery can never be written before the firing it
+        ends, and plain state updates never wait behind alert writes.
+        """
+        if not firings:
+            await effects.publish_all(events, self.stats)
+            return
+        async with self._effects_lock:
+            await effects.apply(firings, events, self.stats)
+            await effects.publish_all(events, self.stats)
 
     @staticmethod
     def _stream_rules(rules: TenantRules, sk: StreamKey) -> list[AlertRule]:
@@ -437,12 +444,7 @@ class StreamHost:
                              if str(r.id) == rule_id), None)
                 if rule is not None:
                     transitions.append(self._firing(sk, tr, rule))
-        await self._effects_lock.acquire()
-        try:
-            await effects.apply(transitions, events, self.stats)
-            await effects.publish_all(events, self.stats)
-        finally:
-            self._effects_lock.release()
+        await self._effects(transitions, events)
         saved = passivated = 0
         pipe = get_redis().pipeline(transaction=False)
         for sk, entity in list(self.entities.items()):

@@ -191,13 +191,18 @@ class ZoneHost:
             firings.extend(self._evaluate(key, entity, rules[key], now))
             self._zone_event(key, entity, now, events, urgent=bool(
                 zd.flags_raised or zd.flags_cleared or zd.anomalies))
-        await self._effects_lock.acquire()  # effects in evaluation order
-        try:
+        await self._effects(firings, events)
+        return len(by_zone)
+
+    async def _effects(self, firings: list[Firing],
+                       events: dict[uuid.UUID, list[Event]]) -> None:
+        """Transitions in evaluation order (see StreamHost._effects), then publish."""
+        if not firings:
+            await effects.publish_all(events, self.stats)
+            return
+        async with self._effects_lock:
             await effects.apply(firings, events, self.stats)
             await effects.publish_all(events, self.stats)
-        finally:
-            self._effects_lock.release()
-        return len(by_zone)
 
     def _evaluate(self, key: ZoneKey, entity: ZoneEntity, rules: list[AlertRule],
                   now_us: int) -> list[Firing]:
@@ -264,10 +269,7 @@ class ZoneHost:
                                       asset_id=None, zone_id=key[1], metric=metric,
                                       subject=f"zone:{key[1]}/{metric}"))
         events: dict[uuid.UUID, list[Event]] = {}
-        # In evaluation order: a recovery must never be written before its firing.
-        async with self._effects_lock:
-            await effects.apply(firings, events, self.stats)
-            await effects.publish_all(events, self.stats)
+        await self._effects(firings, events)
         saved = passivated = 0
         pipe = get_redis().pipeline(transaction=False)
         for key, entity in list(self.entities.items()):
