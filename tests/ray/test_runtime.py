@@ -61,6 +61,8 @@ def test_health_and_readiness_through_serve(stack: str) -> None:
     checks = r.json()["checks"]
     assert {name: checks[name]["status"] for name in ("database", "redis", "mqtt")} == {
         "database": "ok", "redis": "ok", "mqtt": "ok"}
+    # `civitas up` starts the MQTT bridge actors; they report connected.
+    assert checks["mqtt_bridge"]["status"] == "ok" and checks["mqtt_bridge"]["connected"] >= 1
 
 
 def test_api_is_served_with_its_errors(stack: str) -> None:
@@ -77,7 +79,7 @@ def test_status_reports_the_running_stack(stack: str, env: dict[str, str]) -> No
                  timeout=60)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "started by civitas" in r.stdout and "civitas RUNNING" in r.stdout
-    assert "ready (database ok, redis ok, mqtt ok)" in r.stdout
+    assert "ready (database ok, redis ok, mqtt ok, mqtt_bridge ok)" in r.stdout
 
 
 def test_down_stops_serve_and_ray_and_is_idempotent(stack: str, env: dict[str, str]) -> None:
