@@ -7,7 +7,7 @@ import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import APIRouter, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -69,7 +69,7 @@ class RequestContextMiddleware:
             request_id_var.reset(token)
 
 
-def _routers() -> list:  # type: ignore[type-arg]
+def _routers() -> list[APIRouter]:
     from civitas_ray.alerts.router import alerts_router, rules_router
     from civitas_ray.assets.router import router as assets
     from civitas_ray.audit.router import router as audit
@@ -113,7 +113,7 @@ def create_app() -> FastAPI:
             "Errors are RFC 7807 `application/problem+json`."
         ),
         lifespan=_lifespan,
-        responses=PROBLEM_RESPONSES,  # type: ignore[arg-type]
+        responses=PROBLEM_RESPONSES,
     )
     problems.install(app)
     if settings.cors_origins:

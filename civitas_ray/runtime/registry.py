@@ -68,7 +68,8 @@ def stream_shard(index: int) -> Any:
     s = get_settings()
     key = (s.ray.namespace, f"stream-shard-{index}")
     if key not in _handles:
-        _handles[key] = StreamShard.options(**_actor_options(key[1])).remote(
+        _handles[key] = StreamShard.options(  # type: ignore[attr-defined]  # a Ray actor class
+            **_actor_options(key[1])).remote(
             index, s.actors.stream_shards)
     return _handles[key]
 
@@ -79,7 +80,8 @@ def zone_shard(index: int) -> Any:
     s = get_settings()
     key = (s.ray.namespace, f"zone-shard-{index}")
     if key not in _handles:
-        _handles[key] = ZoneShard.options(**_actor_options(key[1])).remote(
+        _handles[key] = ZoneShard.options(  # type: ignore[attr-defined]  # a Ray actor class
+            **_actor_options(key[1])).remote(
             index, s.actors.zone_shards)
     return _handles[key]
 

@@ -38,7 +38,7 @@ class Aggregate(StrEnum):
     avg = "avg"
     min = "min"
     max = "max"
-    count = "count"
+    count = "count"  # type: ignore[assignment]  # shadows str.count on purpose: the API word
     last = "last"
     sum = "sum"
 

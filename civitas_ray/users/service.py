@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from datetime import UTC, datetime
 
-from sqlalchemy import Select, func, select
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from civitas_ray.audit import service as audit
@@ -71,7 +71,7 @@ async def require(*, session: AsyncSession, user_id: uuid.UUID,
 async def list_(*, session: AsyncSession, limit: int, offset: int, role: str | None = None,
                 q: str | None = None, sort: str = "email",
                 include_deleted: bool = False) -> tuple[list[AppUser], int]:
-    stmt: Select[tuple[AppUser]] = select(AppUser)
+    stmt = select(AppUser)
     if not include_deleted:
         stmt = stmt.where(AppUser.deleted_at.is_(None))
     if role:
@@ -84,7 +84,7 @@ async def list_(*, session: AsyncSession, limit: int, offset: int, role: str | N
     desc = sort.startswith("-")
     col = SORTABLE[sort.lstrip("-")]
     stmt = stmt.order_by(col.desc() if desc else col.asc(), AppUser.id)
-    rows = (await session.execute(stmt.limit(limit).offset(offset))).scalars()
+    rows = (await session.execute(stmt.limit(limit).offset(offset))).scalars().all()
     return list(rows), int(total)
 
 
