@@ -131,6 +131,7 @@ class ActorSettings(BaseModel):
     rebuild_history_days: int = 28
     rebuild_recent_readings: int = 512
     stream_event_min_interval_s: float = 1.0
+    rollup_bucket_s: int = 60  # `telemetry.rollup` events: one per stream per closed bucket
     zone_event_min_interval_s: float = 1.0
     rules_ttl_s: float = 5.0
 

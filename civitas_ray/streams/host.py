@@ -70,6 +70,7 @@ class Entity:
     last_event: float = 0.0
     last_checkpoint: float = field(default_factory=time.monotonic)
     dirty: bool = False
+    rolled_until_us: int = 0  # `telemetry.rollup` published for buckets before this
 
 
 @dataclass(slots=True)
@@ -258,7 +259,11 @@ class StreamHost:
                                             spec=spec, config=StreamConfig())
             self.stats["activations"] += 1
             self.stats["rebuilt_rows"] += len(found)
-            out[key] = Entity(state=state, zone_id=info.zone_id)
+            # Rollups start with the live readings, not with the rebuilt history.
+            bucket = int(self.settings.actors.rollup_bucket_s * 1_000_000)
+            live_from = before.get(key, _now_us())
+            out[key] = Entity(state=state, zone_id=info.zone_id,
+                              rolled_until_us=live_from // bucket * bucket)
         return out
 
     # ---- the hot path ------------------------------------------------------------------
@@ -431,6 +436,7 @@ class StreamHost:
         transitions: list[Firing] = []
         tenant_rules = {t: await self._tenant_rules(t) for t in {k[0] for k in self.entities}}
         for sk, entity in list(self.entities.items()):
+            self._rollups(sk, entity, now_us, events)
             delta = entity.state.check_gap(now_us)
             if delta.raised or delta.cleared:
                 entity.dirty = True
@@ -465,6 +471,30 @@ class StreamHost:
             await pipe.execute()
         self.stats["passivations"] += passivated
         return {"checkpointed": saved, "passivated": passivated}
+
+    def _rollups(self, sk: StreamKey, entity: Entity, now_us: int,
+                 events: dict[uuid.UUID, list[Event]]) -> None:
+        """One `telemetry.rollup` event per stream per closed bucket (count/avg/min/max/last)."""
+        bucket = int(self.settings.actors.rollup_bucket_s * 1_000_000)
+        closed = now_us // bucket * bucket
+        if closed <= entity.rolled_until_us:
+            return
+        ts, vals = entity.state.window()
+        sel = (ts >= entity.rolled_until_us) & (ts < closed)
+        entity.rolled_until_us = closed
+        if not sel.any():
+            return
+        t, v = ts[sel], vals[sel]
+        keys = t // bucket * bucket
+        for b in np.unique(keys):
+            part = v[keys == b]
+            events.setdefault(sk[0], []).append(Event(
+                type="telemetry.rollup", channel=f"stream:{sk[1]}/{sk[2]}", data={
+                    "asset_id": str(sk[1]), "metric": sk[2],
+                    "bucket": datetime.fromtimestamp(int(b) / 1e6, UTC).isoformat(),
+                    "seconds": bucket // 1_000_000, "count": int(part.size),
+                    "avg": float(part.mean()), "min": float(part.min()),
+                    "max": float(part.max()), "last": float(part[-1])}))
 
     def info(self) -> dict[str, Any]:
         return {"index": self.index, "shards": self.n_shards, "entities": len(self.entities),

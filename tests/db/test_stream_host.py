@@ -124,3 +124,27 @@ async def test_crossing_and_recovery_in_one_batch_both_count(migrated_db, admin_
     [incident] = await admin_sql("select status from incident where tenant_id = $1", tenant)
     assert incident["status"] == "resolved"
     assert host.stats["alerts_fired"] == 1 and host.stats["alerts_resolved"] == 1
+
+
+async def test_closed_minutes_are_published_as_rollups(migrated_db, admin_sql) -> None:
+    from civitas_ray.realtime.events import replay
+
+    tenant, [asset] = await _tenant_with_assets(admin_sql, 1)
+    minute = 60_000_000
+    start = ((time.time_ns() // 1000) // minute - 5) * minute  # five minutes ago, aligned
+    rows = _rows(tenant, [asset], 6, start)
+    rows.ts_us[:] = start + np.arange(6) * (minute // 2)  # two readings a minute, 3 minutes
+    rows.value[:] = [1.0, 3.0, 10.0, 20.0, 5.0, 7.0]
+    await _store(rows)
+    host = StreamHost()
+    await _apply(host, rows)
+    await host.housekeeping()
+    events = [e for e in await replay(tenant, "0-0") if e.type == "telemetry.rollup"]
+    assert [(e.data["count"], e.data["avg"], e.data["min"], e.data["max"], e.data["last"])
+            for e in events] == [(2, 2.0, 1.0, 3.0, 3.0), (2, 15.0, 10.0, 20.0, 20.0),
+                                 (2, 6.0, 5.0, 7.0, 7.0)]
+    assert all(e.channel == f"stream:{asset}/level" for e in events)
+    # Each closed minute is published once.
+    await host.housekeeping()
+    again = [e for e in await replay(tenant, "0-0") if e.type == "telemetry.rollup"]
+    assert len(again) == 3
