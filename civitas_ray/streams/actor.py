@@ -9,7 +9,6 @@ shard (`max_restarts=-1`) and retries calls made to it meanwhile (`max_task_retr
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import uuid
 from typing import Any
@@ -18,6 +17,7 @@ import numpy as np
 import ray
 
 from civitas_ray.config import get_settings
+from civitas_ray.runtime.periodic import Periodic
 from civitas_ray.streams.host import StreamHost
 
 log = logging.getLogger(__name__)
@@ -30,28 +30,16 @@ class StreamShard:
 
         self._zones = ZoneDispatcher()
         self.host = StreamHost(index, n_shards, zone_sink=self._zones)
-        self._housekeeping: asyncio.Task[None] | None = None
-
-    def _ensure_housekeeping(self) -> None:
-        if self._housekeeping is None or self._housekeeping.done():
-            self._housekeeping = asyncio.get_running_loop().create_task(self._tick())
-
-    async def _tick(self) -> None:
-        while True:
-            await asyncio.sleep(5.0)
-            try:
-                await self.host.housekeeping()
-            except Exception:
-                log.exception("stream shard housekeeping failed")
+        self._housekeeping = Periodic(self.host.housekeeping, 5.0, "stream shard housekeeping")
 
     async def apply(self, tenant: np.ndarray, asset: np.ndarray, codes: np.ndarray,
                     names: list[str], ts_us: np.ndarray, values: np.ndarray) -> int:
-        self._ensure_housekeeping()
+        self._housekeeping.ensure()
         return await self.host.apply(tenant, asset, codes, names, ts_us, values)
 
     async def state(self, tenant_id: str, asset_id: str, metric: str, window: int = 100,
                     horizon_s: float = 3600.0) -> dict[str, Any] | None:
-        self._ensure_housekeeping()
+        self._housekeeping.ensure()
         return await self.host.snapshot(uuid.UUID(tenant_id), uuid.UUID(asset_id), metric,
                                         window=window, horizon_s=horizon_s)
 

@@ -39,16 +39,13 @@ from civitas_ray.db.session import tenant_session
 from civitas_ray.realtime.events import Event
 from civitas_ray.streams.quality import MetricSpec
 from civitas_ray.streams.state import StreamConfig, StreamDelta, StreamState
+from civitas_ray.streams.timebase import now_us
 
 log = logging.getLogger(__name__)
 
 StreamKey = tuple[uuid.UUID, uuid.UUID, str]  # tenant, asset, metric
 ZoneItem = tuple[uuid.UUID, uuid.UUID, StreamDelta]  # tenant, zone, member delta
 ZoneSink = Callable[[list[ZoneItem]], None]
-
-
-def _now_us() -> int:
-    return time.time_ns() // 1000
 
 
 def checkpoint_key(key: StreamKey) -> str:
@@ -261,7 +258,7 @@ class StreamHost:
             self.stats["rebuilt_rows"] += len(found)
             # Rollups start with the live readings, not with the rebuilt history.
             bucket = int(self.settings.actors.rollup_bucket_s * 1_000_000)
-            live_from = before.get(key, _now_us())
+            live_from = before.get(key, now_us())
             out[key] = Entity(state=state, zone_id=info.zone_id,
                               rolled_until_us=live_from // bucket * bucket)
         return out
@@ -307,7 +304,7 @@ class StreamHost:
         # Everything the evaluation needs is fetched first: the loop below never
         # suspends, so a batch is evaluated whole, before any later one.
         tenant_rules = {t: await self._tenant_rules(t) for t in by_tenant}
-        now = _now_us()
+        now = now_us()
         zone_deltas: list[ZoneItem] = []
         events: dict[uuid.UUID, list[Event]] = {}
         transitions: list[Firing] = []
@@ -419,7 +416,7 @@ class StreamHost:
         entity.last_active = time.monotonic()
         if entity.state.latest is None:
             return None
-        return entity.state.snapshot(_now_us(), window=window, horizon_s=horizon_s)
+        return entity.state.snapshot(now_us(), window=window, horizon_s=horizon_s)
 
     async def _has_rows(self, sk: StreamKey) -> bool:
         async with tenant_session(sk[0]) as s:
@@ -431,20 +428,20 @@ class StreamHost:
         """Gap checks, rule hold timers, checkpoints and passivation of idle entities."""
         a = self.settings.actors
         now = time.monotonic()
-        now_us = _now_us()
+        t_us = now_us()
         events: dict[uuid.UUID, list[Event]] = {}
         transitions: list[Firing] = []
         tenant_rules = {t: await self._tenant_rules(t) for t in {k[0] for k in self.entities}}
         for sk, entity in list(self.entities.items()):
-            self._rollups(sk, entity, now_us, events)
-            delta = entity.state.check_gap(now_us)
+            self._rollups(sk, entity, t_us, events)
+            delta = entity.state.check_gap(t_us)
             if delta.raised or delta.cleared:
                 entity.dirty = True
                 self._stream_event(sk, entity, delta, events)
                 rules = self._stream_rules(tenant_rules[sk[0]], sk)
-                transitions.extend(self._evaluate_rules(sk, entity, rules, now_us))
+                transitions.extend(self._evaluate_rules(sk, entity, rules, t_us))
         for (rule_id, sk), (ev, _) in list(self.evaluators.items()):
-            tr = ev.tick(now_us)
+            tr = ev.tick(t_us)
             if tr is not None and sk in self.entities and sk[0] in tenant_rules:
                 rule = next((r for rs in tenant_rules[sk[0]].by_stream.values() for r in rs
                              if str(r.id) == rule_id), None)

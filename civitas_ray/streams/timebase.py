@@ -11,6 +11,7 @@ from __future__ import annotations
 import itertools
 import statistics
 import threading
+import time
 from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Literal
@@ -174,3 +175,8 @@ def iso_one(ts_us: int | None) -> str | None:
     if ts_us is None:
         return None
     return iso_utc(np.asarray([ts_us], dtype=np.int64))[0]
+
+
+def now_us() -> int:
+    """Wall-clock time in epoch microseconds, the unit of every timestamp here."""
+    return time.time_ns() // 1000

@@ -7,7 +7,6 @@ from PostgreSQL (see ZoneHost). Ray restarts it on a crash and retries calls mea
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import uuid
@@ -15,6 +14,7 @@ from typing import Any
 
 import ray
 
+from civitas_ray.runtime.periodic import Periodic
 from civitas_ray.streams.state import StreamDelta
 from civitas_ray.zones.host import ZoneHost
 
@@ -25,27 +25,15 @@ log = logging.getLogger(__name__)
 class ZoneShard:
     def __init__(self, index: int, n_shards: int) -> None:
         self.host = ZoneHost(index, n_shards)
-        self._housekeeping: asyncio.Task[None] | None = None
-
-    def _ensure_housekeeping(self) -> None:
-        if self._housekeeping is None or self._housekeeping.done():
-            self._housekeeping = asyncio.get_running_loop().create_task(self._tick())
-
-    async def _tick(self) -> None:
-        while True:
-            await asyncio.sleep(5.0)
-            try:
-                await self.host.housekeeping()
-            except Exception:
-                log.exception("zone shard housekeeping failed")
+        self._housekeeping = Periodic(self.host.housekeeping, 5.0, "zone shard housekeeping")
 
     async def apply(self, items: list[tuple[uuid.UUID, uuid.UUID, StreamDelta]]) -> int:
-        self._ensure_housekeeping()
+        self._housekeeping.ensure()
         return await self.host.apply(items)
 
     async def state(self, tenant_id: str, zone_id: str,
                     horizon_s: float = 3600.0) -> dict[str, Any] | None:
-        self._ensure_housekeeping()
+        self._housekeeping.ensure()
         return await self.host.snapshot(uuid.UUID(tenant_id), uuid.UUID(zone_id),
                                         horizon_s=horizon_s)
 

@@ -34,15 +34,12 @@ from civitas_ray.config import get_settings
 from civitas_ray.db.session import tenant_session
 from civitas_ray.realtime.events import Event
 from civitas_ray.streams.state import StreamDelta
+from civitas_ray.streams.timebase import now_us
 from civitas_ray.zones.state import ZoneConfig, ZoneState
 
 log = logging.getLogger(__name__)
 
 ZoneKey = tuple[uuid.UUID, uuid.UUID]  # tenant, zone
-
-
-def _now_us() -> int:
-    return time.time_ns() // 1000
 
 
 def checkpoint_key(key: ZoneKey) -> str:
@@ -176,7 +173,7 @@ class ZoneHost:
                                for k in by_zone if k not in self.entities))
         # Fetched first, so that the evaluation below never suspends (see StreamHost).
         rules = {key: await self._zone_rules(*key) for key in by_zone}
-        now = _now_us()
+        now = now_us()
         events: dict[uuid.UUID, list[Event]] = {}
         firings: list[Firing] = []
         for key, deltas in by_zone.items():
@@ -252,15 +249,15 @@ class ZoneHost:
         if entity is None:
             return None
         entity.last_active = time.monotonic()
-        return entity.state.snapshot(_now_us(), horizon_s=horizon_s)
+        return entity.state.snapshot(now_us(), horizon_s=horizon_s)
 
     async def housekeeping(self, *, force_checkpoint: bool = False) -> dict[str, int]:
         a = self.settings.actors
         now = time.monotonic()
-        now_us = _now_us()
+        t_us = now_us()
         firings: list[Firing] = []
         for (rule_id, key, metric), (ev, _) in list(self.evaluators.items()):
-            tr = ev.tick(now_us)
+            tr = ev.tick(t_us)
             if tr is None:
                 continue
             rule = next((r for r in await self._zone_rules(*key) if str(r.id) == rule_id), None)
