@@ -11,11 +11,10 @@ always durable. Duplicates of rows already stored are dropped by a fallback path
 from __future__ import annotations
 
 import asyncio
-import io
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
 import asyncpg
@@ -92,6 +91,13 @@ class Rows:
 
 
 CommitHook = Callable[[Rows], Awaitable[None]]
+
+
+async def _chunks(data: bytes, size: int = 1 << 20) -> AsyncIterator[bytes]:
+    """COPY source as an async iterable: asyncpg reads file objects in a thread pool."""
+    view = memoryview(data)
+    for start in range(0, len(view), size):
+        yield bytes(view[start:start + size])
 
 
 class TelemetryWriter:
@@ -203,7 +209,7 @@ class TelemetryWriter:
         async with self._pool.acquire() as conn:
             try:
                 async with conn.transaction():
-                    await conn.copy_to_table("telemetry", source=io.BytesIO(data),
+                    await conn.copy_to_table("telemetry", source=_chunks(data),
                                              columns=list(pgcopy.COLUMNS), format="binary")
             except asyncpg.UniqueViolationError:
                 # Some rows are already stored (a retried batch): keep the others.
@@ -212,7 +218,7 @@ class TelemetryWriter:
                     await conn.execute(
                         "create temp table if not exists telemetry_stage "
                         "(like telemetry including defaults) on commit delete rows")
-                    await conn.copy_to_table("telemetry_stage", source=io.BytesIO(data),
+                    await conn.copy_to_table("telemetry_stage", source=_chunks(data),
                                              columns=list(pgcopy.COLUMNS), format="binary")
                     status = await conn.execute(
                         "insert into telemetry (tenant_id, asset_id, metric, ts, value, quality) "
