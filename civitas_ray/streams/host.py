@@ -37,6 +37,7 @@ from civitas_ray.cache import get_redis
 from civitas_ray.config import get_settings
 from civitas_ray.db.session import tenant_session
 from civitas_ray.realtime.events import Event
+from civitas_ray.runtime.entities import checkpoint_and_passivate
 from civitas_ray.streams.quality import MetricSpec
 from civitas_ray.streams.state import StreamConfig, StreamDelta, StreamState
 from civitas_ray.streams.timebase import now_us
@@ -448,26 +449,11 @@ class StreamHost:
                 if rule is not None:
                     transitions.append(self._firing(sk, tr, rule))
         await self._effects(transitions, events)
-        saved = passivated = 0
-        pipe = get_redis().pipeline(transaction=False)
-        for sk, entity in list(self.entities.items()):
-            idle = now - entity.last_active > a.passivate_after_s
-            due = now - entity.last_checkpoint > a.checkpoint_every_s
-            if entity.dirty and (idle or due or force_checkpoint):
-                pipe.set(checkpoint_key(sk), orjson.dumps(entity.state.checkpoint(),
-                                                          option=orjson.OPT_SERIALIZE_NUMPY),
-                         ex=int(a.rebuild_history_days * 86400))
-                entity.dirty, entity.last_checkpoint = False, now
-                saved += 1
-            if idle:
-                del self.entities[sk]
-                for k in [k for k in self.evaluators if k[1] == sk]:
-                    del self.evaluators[k]
-                passivated += 1
-        if saved:
-            await pipe.execute()
-        self.stats["passivations"] += passivated
-        return {"checkpointed": saved, "passivated": passivated}
+        done = await checkpoint_and_passivate(
+            self.entities, self.evaluators, key_of=checkpoint_key, now=now, settings=a,
+            ttl_s=int(a.rebuild_history_days * 86400), force=force_checkpoint)
+        self.stats["passivations"] += done["passivated"]
+        return done
 
     def _rollups(self, sk: StreamKey, entity: Entity, now_us: int,
                  events: dict[uuid.UUID, list[Event]]) -> None:

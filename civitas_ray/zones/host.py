@@ -33,6 +33,7 @@ from civitas_ray.cache import get_redis
 from civitas_ray.config import get_settings
 from civitas_ray.db.session import tenant_session
 from civitas_ray.realtime.events import Event
+from civitas_ray.runtime.entities import checkpoint_and_passivate
 from civitas_ray.streams.state import StreamDelta
 from civitas_ray.streams.timebase import now_us
 from civitas_ray.zones.state import ZoneConfig, ZoneState
@@ -267,25 +268,9 @@ class ZoneHost:
                                       subject=f"zone:{key[1]}/{metric}"))
         events: dict[uuid.UUID, list[Event]] = {}
         await self._effects(firings, events)
-        saved = passivated = 0
-        pipe = get_redis().pipeline(transaction=False)
-        for key, entity in list(self.entities.items()):
-            idle = now - entity.last_active > a.passivate_after_s
-            due = now - entity.last_checkpoint > a.checkpoint_every_s
-            if entity.dirty and (idle or due or force_checkpoint):
-                pipe.set(checkpoint_key(key), orjson.dumps(entity.state.checkpoint(),
-                                                           option=orjson.OPT_SERIALIZE_NUMPY),
-                         ex=7 * 86400)
-                entity.dirty, entity.last_checkpoint = False, now
-                saved += 1
-            if idle:
-                del self.entities[key]
-                for k in [k for k in self.evaluators if k[1] == key]:
-                    del self.evaluators[k]
-                passivated += 1
-        if saved:
-            await pipe.execute()
-        return {"checkpointed": saved, "passivated": passivated}
+        return await checkpoint_and_passivate(
+            self.entities, self.evaluators, key_of=checkpoint_key, now=now, settings=a,
+            ttl_s=7 * 86400, force=force_checkpoint)
 
     def info(self) -> dict[str, Any]:
         return {"index": self.index, "shards": self.n_shards, "entities": len(self.entities),

@@ -148,3 +148,19 @@ async def test_closed_minutes_are_published_as_rollups(migrated_db, admin_sql) -
     await host.housekeeping()
     again = [e for e in await replay(tenant, "0-0") if e.type == "telemetry.rollup"]
     assert len(again) == 3
+
+
+async def test_idle_streams_are_checkpointed_and_passivated(migrated_db, admin_sql,
+                                                            monkeypatch) -> None:
+    tenant, [asset] = await _tenant_with_assets(admin_sql, 1)
+    rows = _rows(tenant, [asset], 5, (time.time_ns() // 1000) - 600_000_000)
+    await _store(rows)
+    host = StreamHost()
+    await _apply(host, rows)
+    monkeypatch.setattr(host.settings.actors, "passivate_after_s", 0.0)
+    done = await host.housekeeping()
+    assert done == {"checkpointed": 1, "passivated": 1} and host.entities == {}
+    # Back on demand, from the checkpoint alone (nothing newer was stored).
+    snap = await host.snapshot(tenant, asset, "level", window=10)
+    assert snap is not None and [p["value"] for p in snap["window"]] == [0, 1, 2, 3, 4]
+    assert host.stats["rebuilt_rows"] == 0
