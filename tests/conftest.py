@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,6 +16,7 @@ from typing import Any
 os.environ.setdefault("CIVITAS_DATABASE__NAME", "civitas_test")
 os.environ.setdefault("CIVITAS_ENVIRONMENT", "test")
 os.environ.setdefault("CIVITAS_LOG_JSON", "false")
+
 
 import asyncio
 import contextlib
@@ -27,6 +28,12 @@ import uvicorn
 from sqlalchemy import text
 
 from civitas_ray.config import get_settings
+from tests.services import RedisServer
+
+# A Redis of the session's own, so fault tests may kill it (see tests/services.py).
+# Set before anything reads the settings; Ray workers and subprocesses inherit it.
+REDIS = RedisServer()
+os.environ["CIVITAS_REDIS__URL"] = REDIS.url
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA_DIR = Path(os.environ.get("CIVITAS_DATA_DIR", ROOT.parent / "shared" / "data"))
@@ -38,6 +45,16 @@ def data_dir() -> Path:
     if not DATA_DIR.exists():
         pytest.fail(f"city data not found at {DATA_DIR}; set CIVITAS_DATA_DIR")
     return DATA_DIR
+
+
+@pytest.fixture(scope="session", autouse=True)
+def redis_server() -> Iterator[RedisServer]:
+    """The session's private redis-server (started once, stopped at the end)."""
+    REDIS.start()
+    try:
+        yield REDIS
+    finally:
+        REDIS.stop()
 
 
 @pytest.fixture(scope="session")

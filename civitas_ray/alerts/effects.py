@@ -15,7 +15,8 @@ from civitas_ray.alerts import service as alerts
 from civitas_ray.alerts.engine import AlertTransition
 from civitas_ray.alerts.models import AlertRule
 from civitas_ray.db.session import tenant_session
-from civitas_ray.realtime.events import Event, publish
+from civitas_ray.realtime import relay
+from civitas_ray.realtime.events import Event
 
 log = logging.getLogger(__name__)
 
@@ -69,13 +70,15 @@ async def apply(firings: list[Firing], events: dict[uuid.UUID, list[Event]],
 
 
 async def publish_all(events: dict[uuid.UUID, list[Event]], stats: dict[str, int]) -> None:
-    """Publish per tenant; a failure is logged, never raised (PostgreSQL holds the truth)."""
+    """Publish per tenant through the relay: a Redis outage delays events, never loses them."""
     for tenant_id, evs in events.items():
         if not evs:
             continue
         try:
-            await publish(tenant_id, evs)
-            stats["events"] = stats.get("events", 0) + len(evs)
+            now = await relay.send(tenant_id, evs)
         except Exception:
             stats["errors"] = stats.get("errors", 0) + 1
-            log.warning("event publish failed", exc_info=True)
+            log.exception("malformed events not published", extra={"tenant_id": str(tenant_id)})
+            continue
+        key = "events" if now else "events_deferred"
+        stats[key] = stats.get(key, 0) + len(evs)

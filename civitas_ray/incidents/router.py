@@ -25,7 +25,8 @@ from civitas_ray.incidents.schemas import (
     IncidentUpdate,
     TransitionRequest,
 )
-from civitas_ray.realtime.events import Event, publish
+from civitas_ray.realtime import relay
+from civitas_ray.realtime.events import Event
 from civitas_ray.schemas import Page, page_of
 
 router = APIRouter(prefix="/incidents", tags=["incidents"])
@@ -43,7 +44,7 @@ def _announce(ctx: AuthContext, incident: Incident, event_type: str) -> Incident
     data = service.snapshot(incident)
 
     async def go() -> None:
-        await publish(tenant_id, [Event(type=event_type, channel="incidents", data=data)])
+        await relay.send(tenant_id, [Event(type=event_type, channel="incidents", data=data)])
 
     ctx.after_commit(go)
     return incident

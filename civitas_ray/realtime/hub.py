@@ -349,7 +349,11 @@ class Client:
             bound = parse_id(first) if first else parse_id(
                 str(info.get("last-generated-id") or ZERO_ID))
             deleted = parse_id(str(info.get("max-deleted-entry-id") or ZERO_ID))
-            truncated = deleted > resume_from or (removed and resume_from < bound)
+            # A client's last_event_id names an entry it received. If that entry is older
+            # than anything left, something removed it: trimming, or a Redis restart that
+            # lost the stream (the new stream shows nothing removed, but starts later).
+            lost = removed or resume_from != (0, 0)
+            truncated = deleted > resume_from or (lost and resume_from < bound)
         if truncated:
             await self._send([dumps({"type": "notice", "code": "truncated",
                                      "last_event_id": format_id(resume_from),

@@ -33,11 +33,10 @@ from civitas_ray.alerts import service as alerts
 from civitas_ray.alerts.effects import Firing
 from civitas_ray.alerts.engine import AlertTransition, RuleEvaluator
 from civitas_ray.alerts.models import AlertRule
-from civitas_ray.cache import get_redis
 from civitas_ray.config import get_settings
 from civitas_ray.db.session import tenant_session
 from civitas_ray.realtime.events import Event
-from civitas_ray.runtime.entities import checkpoint_and_passivate
+from civitas_ray.runtime.entities import checkpoint_and_passivate, read_checkpoints
 from civitas_ray.streams.quality import MetricSpec
 from civitas_ray.streams.state import StreamConfig, StreamDelta, StreamState
 from civitas_ray.streams.timebase import now_us
@@ -202,7 +201,7 @@ class StreamHost:
     async def _load_many(self, wanted: dict[StreamKey, AssetInfo],
                          before: dict[StreamKey, int]) -> dict[StreamKey, Entity]:
         keys = list(wanted)
-        raws = await get_redis().mget([checkpoint_key(k) for k in keys])
+        raws = await read_checkpoints([checkpoint_key(k) for k in keys])
         checkpoints: dict[StreamKey, dict[str, Any]] = {}
         for key, raw in zip(keys, raws, strict=True):
             if raw:

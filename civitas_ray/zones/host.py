@@ -29,11 +29,10 @@ from civitas_ray.alerts import service as alerts
 from civitas_ray.alerts.effects import Firing
 from civitas_ray.alerts.engine import RuleEvaluator
 from civitas_ray.alerts.models import AlertRule
-from civitas_ray.cache import get_redis
 from civitas_ray.config import get_settings
 from civitas_ray.db.session import tenant_session
 from civitas_ray.realtime.events import Event
-from civitas_ray.runtime.entities import checkpoint_and_passivate
+from civitas_ray.runtime.entities import checkpoint_and_passivate, read_checkpoints
 from civitas_ray.streams.state import StreamDelta
 from civitas_ray.streams.timebase import now_us
 from civitas_ray.zones.state import ZoneConfig, ZoneState
@@ -124,7 +123,7 @@ class ZoneHost:
                 {"z": zone_id})).scalar()
             if tz is None and must_exist:
                 return None
-            raw = await get_redis().get(checkpoint_key(key))
+            [raw] = await read_checkpoints([checkpoint_key(key)])
             if raw:
                 try:
                     state = ZoneState.restore(orjson.loads(raw))
