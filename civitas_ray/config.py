@@ -178,6 +178,8 @@ class RealtimeSettings(BaseModel):
     replay_page: int = Field(1_000, ge=10)
     reconnect_backoff_s: float = Field(0.2, gt=0)
     reconnect_backoff_max_s: float = Field(5.0, gt=0)
+    # Events raised while Redis is away wait in each process, in order (realtime/relay.py).
+    relay_backlog: int = Field(200_000, ge=100)
     # Per client: droppable events queued, coalesced state slots, frames, slowness.
     client_queue: int = Field(2_000, ge=1)
     client_state_slots: int = Field(20_000, ge=1)
