@@ -136,6 +136,14 @@ class ActorSettings(BaseModel):
     rules_ttl_s: float = 5.0
 
 
+class JobsSettings(BaseModel):
+    """Periodic data jobs run by the maintenance actor (runtime/maintenance.py)."""
+
+    rollup_every_s: float = Field(300.0, gt=0)
+    rollup_lookback_hours: int = Field(3, ge=1)  # re-rolled each run, for late readings
+    rollup_backfill_hours: int = Field(24 * 7, ge=1)  # how far back the job looks at all
+
+
 class AuthSettings(BaseModel):
     secret_key: SecretStr = SecretStr(DEV_SECRET)
     algorithm: str = "HS256"
@@ -197,6 +205,38 @@ class RealtimeSettings(BaseModel):
     presence_heartbeat_s: float = Field(20.0, gt=0)
 
 
+class S3Settings(BaseModel):
+    """An S3-compatible object store (AWS S3, MinIO, Ceph): where and how to reach it."""
+
+    endpoint_url: str | None = None  # None: AWS itself; MinIO: http://127.0.0.1:9000
+    region: str = "us-east-1"
+    bucket: str = "civitas"
+    access_key_id: str | None = None  # None: boto3's own chain (env, profile, instance role)
+    secret_access_key: SecretStr | None = None
+    addressing_style: Literal["auto", "path", "virtual"] = "auto"  # MinIO wants "path"
+    create_bucket: bool = False  # create the bucket on first use when it is missing
+    max_pool_connections: int = Field(16, ge=1)
+
+
+class StorageSettings(BaseModel):
+    """Files (documents, model artifacts, exports): a local directory or S3 (docs/storage.md)."""
+
+    backend: Literal["local", "s3"] = "local"
+    # Relative paths are under the project root; absolute paths are used as they are.
+    local_dir: Path = Path("var/storage")
+    # Prefix of the local backend's signed URLs ("https://city.example.org"); empty:
+    # the URL is a path on this API.
+    public_base_url: str = ""
+    max_url_expires_s: int = Field(7 * 24 * 3600, ge=1)
+    max_upload_bytes: int = Field(1024**3, ge=1)  # one PUT through a signed local URL
+    chunk_size_bytes: int = Field(1024**2, ge=4096)  # reads and streamed responses
+    # S3 takes bodies this large, or streamed bodies that grow this large, in parts.
+    # S3 refuses parts under 5 MiB (except the last) and more than 10,000 parts.
+    multipart_threshold_bytes: int = Field(16 * 1024**2, ge=5 * 1024**2)
+    part_size_bytes: int = Field(8 * 1024**2, ge=5 * 1024**2, le=5 * 1024**3)
+    s3: S3Settings = S3Settings()
+
+
 class Settings(BaseSettings):
     """Everything configurable; nested keys use `__` (CIVITAS_DATABASE__HOST)."""
 
@@ -222,6 +262,8 @@ class Settings(BaseSettings):
     ray: RaySettings = RaySettings()
     serve: ServeSettings = ServeSettings()
     realtime: RealtimeSettings = RealtimeSettings()
+    jobs: JobsSettings = JobsSettings()
+    storage: StorageSettings = StorageSettings()
 
     @model_validator(mode="after")
     def _refuse_default_secret(self) -> Settings:

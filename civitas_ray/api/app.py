@@ -76,6 +76,7 @@ def _routers() -> list[APIRouter]:
     from civitas_ray.auth.router import router as auth
     from civitas_ray.incidents.router import router as incidents
     from civitas_ray.realtime.router import router as presence
+    from civitas_ray.storage.router import router as files
     from civitas_ray.streams.router import router as streams
     from civitas_ray.telemetry.router import router as telemetry
     from civitas_ray.tenants.router import router as tenants
@@ -84,7 +85,7 @@ def _routers() -> list[APIRouter]:
 
     # Telemetry first: routes are matched in order and ingest is the hot path.
     return [telemetry, auth, tenants, users_router, api_keys_router, zones, assets, streams,
-            incidents, rules_router, alerts_router, audit, presence]
+            incidents, rules_router, alerts_router, audit, presence, files]
 
 
 @asynccontextmanager

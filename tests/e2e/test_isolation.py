@@ -67,10 +67,17 @@ async def _alert_rule(c: httpx.AsyncClient, t: TenantFixture) -> str:
     return str(r.json()["id"])
 
 
+async def _file(c: httpx.AsyncClient, t: TenantFixture) -> str:
+    # Signed-URL routes: a bearer token of any tenant is no signature, so B gets 403.
+    from civitas_ray.storage import tenant_key
+
+    return tenant_key(t.id, "isolation", "report.txt")
+
+
 BUILDERS: dict[str, Builder] = {
     "/api/v1/users": _user, "/api/v1/api-keys": _api_key, "/api/v1/zones": _zone,
     "/api/v1/assets": _asset, "/api/v1/incidents": _incident, "/api/v1/tenants": _tenant,
-    "/api/v1/alert-rules": _alert_rule, "/api/v1/streams": _asset,
+    "/api/v1/alert-rules": _alert_rule, "/api/v1/streams": _asset, "/api/v1/files": _file,
 }
 
 
@@ -105,7 +112,7 @@ async def test_no_cross_tenant_reads_or_writes(client: httpx.AsyncClient, make_t
     # A's objects are still intact after B's attempts, and lists never leak them.
     item_paths = {p for p, m in item_ops if m == "get"}
     for col, obj_id in ids.items():
-        if col in ("/api/v1/tenants", "/api/v1/streams"):
+        if col in ("/api/v1/tenants", "/api/v1/streams", "/api/v1/files"):
             continue
         if any(p.startswith(col + "/{") and p.count("{") == 1 for p in item_paths):
             r = await client.get(f"{col}/{obj_id}", headers=a.headers("tenant_admin"))
