@@ -91,15 +91,20 @@ start_postgres() {
 
 configure_postgres() {
   local conf="/etc/postgresql/$PG_VERSION/main/conf.d/timescaledb.conf"
-  local want="shared_preload_libraries = 'timescaledb'"
+  # Queries a plan cannot bound in time lock every chunk of a hypertable: years of
+  # imported history in daily chunks need more than the default 64 locks per transaction.
+  local want
+  want=$(printf '%s\n' "shared_preload_libraries = 'timescaledb'" \
+    "timescaledb.telemetry_level = off" "max_locks_per_transaction = 1024")
   local restart=0
-  if [ ! -f "$conf" ] || ! grep -qx "$want" "$conf"; then
-    say "enabling timescaledb preload"
-    printf '%s\ntimescaledb.telemetry_level = off\n' "$want" | $SUDO tee "$conf" >/dev/null
+  if [ ! -f "$conf" ] || [ "$(cat "$conf")" != "$want" ]; then
+    say "configuring PostgreSQL for timescaledb"
+    printf '%s\n' "$want" | $SUDO tee "$conf" >/dev/null
     restart=1
   fi
   start_postgres
-  if [ $restart -eq 1 ] || ! psql_admin -tAc "show shared_preload_libraries" | grep -q timescaledb; then
+  if [ $restart -eq 1 ] || ! psql_admin -tAc "show shared_preload_libraries" | grep -q timescaledb \
+      || [ "$(psql_admin -tAc 'show max_locks_per_transaction')" != 1024 ]; then
     say "restarting PostgreSQL to load timescaledb"
     $SUDO pg_ctlcluster --skip-systemctl-redirect "$PG_VERSION" main restart
     for _ in $(seq 1 30); do pg_running && break; sleep 1; done

@@ -97,6 +97,9 @@ def up(settings: Settings, t: Target, *, num_cpus: int | None = None,
         url = serving.base_url(*serving.http_target(config), cluster_host=t.cluster_host)
         serving.wait_until_serving(config, url, timeout_s=timeout_s)
         warm_entity_hosts(settings)
+        from civitas_ray.runtime import maintenance
+
+        maintenance.start()
         from civitas_ray.mqtt.actor import start_bridge
 
         start_bridge(settings, env_vars=serving.settings_env())
@@ -152,6 +155,10 @@ def down(settings: Settings, t: Target) -> list[str]:
         stopped = stop_bridge(settings)
         if stopped:
             done.append(f"MQTT bridge stopped ({len(stopped)} actor(s))")
+        from civitas_ray.runtime import maintenance
+
+        if maintenance.stop():
+            done.append("maintenance jobs stopped")
         if head is not None:
             done.append("Serve shut down" if serving.shutdown_serve()
                         else "Serve was not running")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import uuid
 from datetime import UTC, datetime, timedelta
+from enum import StrEnum
 from typing import Annotated, Any
 
 import orjson
@@ -107,12 +108,26 @@ def _bucket(bucket: str) -> timedelta:
 
 _AGG_SQL = {"avg": "avg(value)", "min": "min(value)", "max": "max(value)",
             "count": "count(*)::float8", "last": "last(value, ts)", "sum": "sum(value)"}
+# The same aggregates recomposed from hourly rollup rows (count-weighted where it matters).
+_ROLLUP_SQL = {"avg": "sum(avg * count) / sum(count)", "min": "min(min)", "max": "max(max)",
+               "count": "sum(count)::float8", "last": "last(last, bucket)",
+               "sum": "sum(avg * count)"}
+
+
+class Source(StrEnum):
+    auto = "auto"
+    raw = "raw"
+    rollup = "rollup"
 
 
 @router.get("", response_model=TelemetrySeries, summary="Readings of one stream over a range",
             description="Raw readings, or aggregated per `bucket` (`30s`, `5m`, `1h`, `1d`) "
-                        "with `agg` avg/min/max/count/last/sum, from the hypertable. "
-                        "The range defaults to the last 24 hours.",
+                        "with `agg` avg/min/max/count/last/sum. The range defaults to the "
+                        "last 24 hours. `source`: `raw` aggregates the hypertable; `rollup` "
+                        "reads the hourly rollups only (buckets of whole hours); `auto` (the "
+                        "default) reads the rollups for whole-hour buckets up to the newest "
+                        "rolled hour and raw rows after it, so long ranges stay fast and "
+                        "survive raw-data retention. The answer says which it used.",
             **needs(Perm.TELEMETRY_READ))
 async def query(
     ctx: AuthDep, asset_id: uuid.UUID,
@@ -120,6 +135,7 @@ async def query(
     start: datetime | None = None, end: datetime | None = None,
     bucket: Annotated[str | None, Query(max_length=10)] = None,
     agg: Aggregate | None = None,
+    source: Source = Source.auto,
     limit: Annotated[int, Query(ge=1, le=100_000)] = 10_000,
 ) -> dict[str, Any]:
     end = end or datetime.now(UTC)
@@ -129,17 +145,47 @@ async def query(
     if start >= end:
         raise ValidationFailed("start must be before end")
     params: dict[str, Any] = {"a": asset_id, "m": metric, "s": start, "e": end, "n": limit}
-    if bucket or agg:
+    aggregated = bool(bucket or agg or source == Source.rollup)
+    used = "raw"
+    if aggregated:
         interval = _bucket(bucket or "1h")
-        fn = _AGG_SQL[(agg or Aggregate.avg).value]
-        sql = (f"select time_bucket(:b, ts) as ts, {fn} as value "
-               "from telemetry where asset_id = :a and metric = :m and ts >= :s and ts < :e "
-               "group by 1 order by 1 limit :n")
         params["b"] = interval
+        name = (agg or Aggregate.avg).value
+        hourly = interval % timedelta(hours=1) == timedelta(0)
+        if source == Source.rollup and not hourly:
+            raise ValidationFailed("source=rollup needs a bucket of whole hours (1h, 6h, 1d)")
+        raw_sql = (f"select time_bucket(:b, ts) as ts, {_AGG_SQL[name]} as value "
+                   "from telemetry where asset_id = :a and metric = :m and ts >= :rs "
+                   "and ts < :e group by 1")
+        split: datetime | None = None
+        if hourly and source != Source.raw:
+            # Rollups serve whole query buckets before the one holding the newest rolled
+            # hour's end; raw rows serve the rest, so no bucket mixes the two.
+            split = (await ctx.session.execute(text(
+                "select time_bucket(:b, max(bucket) + interval '1 hour') from telemetry_rollup "
+                "where asset_id = :a and metric = :m "
+                "and bucket >= cast(:s as timestamptz) - cast(:b as interval) and bucket < :e"),
+                params)).scalar()
+        if split is not None or source == Source.rollup:
+            if source == Source.rollup:
+                split = end
+            params["rs"] = max(start, split) if split is not None else start
+            rollup_sql = (f"select time_bucket(:b, bucket) as ts, {_ROLLUP_SQL[name]} as value "
+                          "from telemetry_rollup where asset_id = :a and metric = :m "
+                          "and bucket >= time_bucket(interval '1 hour', :s) "
+                          "and bucket < :re group by 1")
+            params["re"] = min(split or end, end)
+            sql = (f"({rollup_sql}) union all ({raw_sql}) order by 1 limit :n"
+                   if source != Source.rollup else f"{rollup_sql} order by 1 limit :n")
+            used = "rollup" if source == Source.rollup or params["rs"] >= end else "rollup+raw"
+        else:
+            params["rs"] = start
+            sql = f"{raw_sql} order by 1 limit :n"
     else:
         sql = ("select ts, value from telemetry where asset_id = :a and metric = :m "
                "and ts >= :s and ts < :e order by ts limit :n")
     rows = (await ctx.session.execute(text(sql), params)).all()
-    return {"asset_id": asset_id, "metric": metric, "bucket": bucket if (bucket or agg) else None,
-            "agg": (agg or Aggregate.avg) if (bucket or agg) else None,
+    return {"asset_id": asset_id, "metric": metric,
+            "bucket": (bucket or "1h") if aggregated else None,
+            "agg": (agg or Aggregate.avg) if aggregated else None, "source": used,
             "points": [{"ts": r[0], "value": r[1]} for r in rows]}

@@ -53,4 +53,6 @@ class TelemetrySeries(BaseModel):
     metric: str
     bucket: str | None
     agg: Aggregate | None
+    source: str = Field("raw", description="Where the points came from: `raw`, `rollup` "
+                        "(hourly rollups) or `rollup+raw` (rollups, then raw rows after them)")
     points: list[TelemetryPoint]
