@@ -22,6 +22,9 @@ class Perm(StrEnum):
     AUDIT_READ = "audit:read"
     TELEMETRY_READ = "telemetry:read"
     TELEMETRY_INGEST = "telemetry:ingest"
+    ML_READ = "ml:read"  # models, jobs, forecasts, backtests
+    ML_TRAIN = "ml:train"  # start training jobs
+    ML_PROMOTE = "ml:promote"  # promote, shadow, roll back model versions
 
 
 class RoleName(StrEnum):
@@ -33,11 +36,11 @@ class RoleName(StrEnum):
 
 
 _VIEW = {Perm.TENANT_READ, Perm.ZONES_READ, Perm.ASSETS_READ, Perm.INCIDENTS_READ}
-_ANALYST = _VIEW | {Perm.TELEMETRY_READ}
+_ANALYST = _VIEW | {Perm.TELEMETRY_READ, Perm.ML_READ, Perm.ML_TRAIN}
 _OPERATOR = _ANALYST | {Perm.INCIDENTS_WRITE, Perm.TELEMETRY_INGEST}
 _TENANT_ADMIN = _OPERATOR | {
     Perm.TENANT_WRITE, Perm.USERS_READ, Perm.USERS_WRITE, Perm.API_KEYS_READ,
-    Perm.API_KEYS_WRITE, Perm.ZONES_WRITE, Perm.ASSETS_WRITE, Perm.AUDIT_READ,
+    Perm.API_KEYS_WRITE, Perm.ZONES_WRITE, Perm.ASSETS_WRITE, Perm.AUDIT_READ, Perm.ML_PROMOTE,
 }
 
 ROLE_PERMISSIONS: dict[str, frozenset[Perm]] = {
@@ -50,7 +53,8 @@ ROLE_PERMISSIONS: dict[str, frozenset[Perm]] = {
 
 ROLE_DESCRIPTIONS: dict[str, str] = {
     RoleName.PLATFORM_ADMIN: "Operates the platform: every tenant, every permission.",
-    RoleName.TENANT_ADMIN: "Administers one tenant: users, keys, zones, assets, audit.",
+    RoleName.TENANT_ADMIN: "Administers one tenant: users, keys, zones, assets, audit; "
+                           "promotes and rolls back models.",
     RoleName.OPERATOR: "Control-room operator: handles incidents, reads live state.",
     RoleName.ANALYST: "Reads data and telemetry; trains models.",
     RoleName.VIEWER: "Read-only view of zones, assets and incidents.",
