@@ -7,7 +7,7 @@ from civitas_ray.auth.models import ApiKey, AppUser, RefreshToken, Role
 from civitas_ray.db.base import TENANT_TABLES, Base
 from civitas_ray.documents.models import Document, DocumentChunk
 from civitas_ray.incidents.models import Incident, IncidentEvent
-from civitas_ray.ml.models import ModelVersion
+from civitas_ray.ml.registry_models import MlJob, ModelVersion
 from civitas_ray.recommendations.models import Recommendation
 from civitas_ray.telemetry.models import Telemetry, TelemetryRollup
 from civitas_ray.tenants.models import Tenant
@@ -15,6 +15,7 @@ from civitas_ray.zones.models import Zone
 
 __all__ = [
     "TENANT_TABLES", "Alert", "AlertRule", "ApiKey", "AppUser", "Asset", "AuditLog", "Base",
-    "Document", "DocumentChunk", "Incident", "IncidentEvent", "ModelVersion", "Recommendation",
+    "Document", "DocumentChunk", "Incident", "IncidentEvent", "MlJob", "ModelVersion",
+    "Recommendation",
     "RefreshToken", "Role", "Telemetry", "TelemetryRollup", "Tenant", "Zone",
 ]
