@@ -178,10 +178,14 @@ def audit_verify(tenant: Annotated[str | None, typer.Option(help="Only this tena
 
 def main() -> None:
     from civitas_ray import runtime_cli
+    from civitas_ray.ml.commands import register as register_ml
     from civitas_ray.mqtt.commands import register as register_mqtt
+    from civitas_ray.telemetry.commands import register as register_telemetry
 
     runtime_cli.register(app)
     register_mqtt(app)
+    register_telemetry(app)
+    register_ml(app)
     app(prog_name="civitas")
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -69,6 +70,9 @@ class RequestContextMiddleware:
             request_id_var.reset(token)
 
 
+logger = logging.getLogger(__name__)
+
+
 def _routers() -> list[APIRouter]:
     from civitas_ray.alerts.router import alerts_router, rules_router
     from civitas_ray.assets.router import router as assets
@@ -85,7 +89,20 @@ def _routers() -> list[APIRouter]:
 
     # Telemetry first: routes are matched in order and ingest is the hot path.
     return [telemetry, auth, tenants, users_router, api_keys_router, zones, assets, streams,
-            incidents, rules_router, alerts_router, audit, presence, files]
+            incidents, rules_router, alerts_router, audit, presence, files, *_ml_routers()]
+
+
+def _ml_routers() -> list[APIRouter]:
+    """The ML API, or, without the `ml` extra, routes that say so (503) instead of 404."""
+    try:
+        from civitas_ray.ml.router import forecasts_router, router
+    except ImportError as exc:
+        from civitas_ray.ml.unavailable import unavailable_routers
+
+        logger.warning("ML API disabled: the `ml` extra is not installed",
+                       extra={"error": str(exc)})
+        return unavailable_routers(str(exc))
+    return [router, forecasts_router]
 
 
 @asynccontextmanager
