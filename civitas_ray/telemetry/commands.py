@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from pydantic import ValidationError
@@ -68,6 +68,8 @@ def import_history(
         "--dry-run", help="Check and count everything, store nothing")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print the report as JSON")]
     = False,
+    rollup: Annotated[bool, typer.Option(
+        help="Roll the imported range up into hourly rollups afterwards")] = True,
 ) -> None:
     """Import a history file; prints what was stored, what was a duplicate, what was
     rejected and why, and the gaps of each stream."""
@@ -91,7 +93,8 @@ def import_history(
         err.print(f"[red]invalid import: {msg}[/red]")
         raise typer.Exit(2) from exc
     try:
-        report = asyncio.run(_run(spec, tenant, err, show_progress=not json_out))
+        report = asyncio.run(_run(spec, tenant, err, show_progress=not json_out,
+                                  rollup=rollup))
     except importer.ImportFailed as exc:
         err.print(f"[red]import failed: {exc}[/red]")
         raise typer.Exit(1) from exc
@@ -102,7 +105,7 @@ def import_history(
 
 
 async def _run(spec: ImportSpec, tenant: str, err: Console,
-               *, show_progress: bool) -> ImportReport:
+               *, show_progress: bool, rollup: bool = True) -> ImportReport:
     import asyncpg
     from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -124,12 +127,56 @@ async def _run(spec: ImportSpec, tenant: str, err: Console,
             def tick(p: importer.Progress) -> None:
                 bar.update(task, completed=p.done, total=p.total, rows=p.rows)
 
-            return await importer.run_import(spec, conn=conn, tenant_id=tenant_id,
-                                             min_ts_us=min_us,
-                                             max_future_s=s.ingest.max_future_s,
-                                             on_progress=tick)
+            report = await importer.run_import(spec, conn=conn, tenant_id=tenant_id,
+                                               min_ts_us=min_us,
+                                               max_future_s=s.ingest.max_future_s,
+                                               on_progress=tick)
+        if rollup and not report.dry_run and report.inserted:
+            await _rollup_streams(report, err, conn)
     finally:
         await conn.close()
+    return report
+
+
+async def _rollup_streams(report: ImportReport, err: Console, conn: Any) -> None:
+    """Imported history is older than the periodic job looks: roll its range up now."""
+    from civitas_ray.telemetry.rollup import rollup_range
+
+    firsts = [r.first_ts for r in report.streams if r.first_ts]
+    lasts = [r.last_ts for r in report.streams if r.last_ts]
+    if not firsts or not lasts:
+        return
+    done = await rollup_range(min(firsts), max(lasts) + timedelta(microseconds=1), conn=conn)
+    err.print(f"rolled up {done.hours:,} hours ({done.rows:,} rollup rows) "
+              f"in {done.seconds:.1f} s")
+
+
+@telemetry_app.command("rollup")
+def rollup_command(
+    since: Annotated[datetime | None, typer.Option(
+        help="From this time (UTC); default: what the periodic job would do now")] = None,
+    until: Annotated[datetime | None, typer.Option(help="Up to this time (UTC); default now")]
+    = None,
+) -> None:
+    """(Re)compute hourly rollups, for every tenant: after late data, or to backfill."""
+    from civitas_ray.db.session import dispose_engine
+    from civitas_ray.telemetry.rollup import rollup_due, rollup_range
+
+    def aware(t: datetime) -> datetime:
+        return t if t.tzinfo else t.replace(tzinfo=UTC)
+
+    async def go() -> None:
+        try:
+            if since is None:
+                done = await rollup_due()
+            else:
+                done = await rollup_range(aware(since), aware(until or datetime.now(UTC)))
+        finally:
+            await dispose_engine()
+        typer.echo(f"rolled up {done.hours:,} hours ({done.rows:,} rollup rows written) in "
+                   f"{done.seconds:.1f} s")
+
+    asyncio.run(go())
 
 
 def _print_summary(report: ImportReport, out: Console) -> None:

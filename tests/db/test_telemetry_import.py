@@ -250,6 +250,11 @@ async def test_local_times_dst_folds_and_gaps_are_reported(
                          tenant_id=tid)
 
 
+def _tetouan_times(data_dir: Path) -> list[datetime]:
+    with (data_dir / TETOUAN).open(newline="") as f:
+        return [datetime.strptime(r["DateTime"], TETOUAN_FORMAT) for r in csv.DictReader(f)]
+
+
 async def test_cli_imports_and_prints_a_json_report(
         make_tenant: Any, admin_sql: AdminSql, data_dir: Path) -> None:
     from typer.testing import CliRunner
@@ -278,6 +283,12 @@ async def test_cli_imports_and_prints_a_json_report(
     assert (body["inserted"], body["already_stored"], body["dry_run"]) == (n, 0, False)
     assert body["streams"][0]["asset_id"] == str(ids["TET-Z2"])
     assert await _count(admin_sql, ids["TET-Z2"], "power_kw") == n
+    # The imported range was rolled up: every reading in exactly one hourly bucket.
+    [roll] = await admin_sql("select count(*) as hours, sum(count) as readings from "
+                             "telemetry_rollup where asset_id = $1 and metric = 'power_kw'",
+                             ids["TET-Z2"])
+    assert roll["readings"] == n and roll["hours"] == len({
+        ts.strftime("%Y%m%d%H") for ts in _tetouan_times(data_dir)})
 
     bad = await asyncio.to_thread(runner.invoke, app, [*args[:5], "--time-col", "DateTime",
                                                        "--value-col", "Temperature"])

@@ -125,9 +125,9 @@ async def test_the_periodic_job_rolls_recent_closed_hours(client: httpx.AsyncCli
     [a] = await make_assets(admin_sql, t.id, 1)
     now = datetime.now(UTC)
     hour = now.replace(minute=0, second=0, microsecond=0) - timedelta(hours=2)
-    await post(client, t, series(a["id"], "flow", [1.0, 2.0, 3.0], start=hour)
-               + [{"asset_id": a["id"], "metric": "flow", "ts": iso(now - timedelta(seconds=5)),
-                   "value": 9.0}])
+    await post(client, t, [*series(a["id"], "flow", [1.0, 2.0, 3.0], start=hour),
+                           {"asset_id": a["id"], "metric": "flow",
+                            "ts": iso(now - timedelta(seconds=5)), "value": 9.0}])
     await rollup_due()
     rows = await rollups(admin_sql, a["id"], "flow")
     # The open hour (holding the reading from seconds ago) is not rolled up yet.
