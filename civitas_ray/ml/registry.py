@@ -10,6 +10,7 @@ keeps their URI and SHA-256. Every stage change is audited.
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from datetime import UTC, datetime
 from typing import Any
@@ -23,6 +24,7 @@ from civitas_ray.errors import Conflict, NotFound, ValidationFailed
 from civitas_ray.ml.models import MODELS, ForecastModel
 from civitas_ray.ml.registry_models import ModelVersion
 from civitas_ray.storage import get_storage
+from civitas_ray.storage.errors import ObjectNotFound
 from civitas_ray.storage.keys import tenant_key
 
 STAGES = ("candidate", "shadow", "production", "archived")
@@ -82,15 +84,35 @@ async def create_version(
     return row
 
 
+class ArtifactUnusable(Conflict):
+    """A version's stored model is missing, altered or unreadable."""
+
+
 async def load_model(row: ModelVersion) -> ForecastModel:
-    """The fitted model of a version, from its stored artifact (checked against its digest)."""
+    """The fitted model of a version, from its stored artifact, checked against its digest.
+
+    Raises ArtifactUnusable (409) when the artifact is gone, altered or unreadable.
+    """
     cls = MODELS.get(row.kind)
     if cls is None:
-        raise ValidationFailed(f"unknown model kind {row.kind!r}")
+        raise ArtifactUnusable(f"unknown model kind {row.kind!r}")
     key = str(row.params.get("artifact_key") or "")
     if not key:
-        raise NotFound(f"model version {row.id} has no artifact")
-    return cls.from_bytes(await get_storage().get(key))
+        raise ArtifactUnusable(f"model version {row.version} has no artifact")
+    try:
+        blob = await get_storage().get(key)
+    except ObjectNotFound as exc:
+        raise ArtifactUnusable(f"the artifact of version {row.version} is missing "
+                               f"({row.artifact_uri})") from exc
+    want = row.params.get("artifact_sha256")
+    if want and hashlib.sha256(blob).hexdigest() != want:
+        raise ArtifactUnusable(f"the artifact of version {row.version} does not match its "
+                               "recorded SHA-256: it was altered or corrupted")
+    try:
+        return cls.from_bytes(blob)
+    except (ValueError, KeyError, OSError, EOFError) as exc:
+        raise ArtifactUnusable(f"the artifact of version {row.version} cannot be loaded: "
+                               f"{exc}") from exc
 
 
 async def require(session: AsyncSession, tenant_id: uuid.UUID,
@@ -143,6 +165,7 @@ async def promote(session: AsyncSession, *, tenant_id: uuid.UUID, version_id: uu
     """Make a version production; the one it replaces is archived. Returns (new, old)."""
     row = await require(session, tenant_id, version_id)
     _check_promotable(row)
+    await load_model(row)  # a version that cannot be served is never promoted
     await session.execute(text("select pg_advisory_xact_lock(hashtextextended(:k, 12))"),
                           {"k": f"{tenant_id}:{row.name}:{row.subject_key}"})
     old = await _current(session, row, "production")
@@ -166,6 +189,7 @@ async def shadow(session: AsyncSession, *, tenant_id: uuid.UUID, version_id: uui
     row = await require(session, tenant_id, version_id)
     if row.stage != "candidate":
         raise Conflict(f"only a candidate can go into shadow (this one is {row.stage})")
+    await load_model(row)
     await session.execute(text("select pg_advisory_xact_lock(hashtextextended(:k, 12))"),
                           {"k": f"{tenant_id}:{row.name}:{row.subject_key}"})
     old = await _current(session, row, "shadow")
@@ -198,6 +222,7 @@ async def rollback(session: AsyncSession, *, tenant_id: uuid.UUID, version_id: u
         .order_by(ModelVersion.promoted_at.desc()).limit(1))).scalar_one_or_none()
     if previous is None:
         raise Conflict("nothing to roll back to: no earlier version was in production")
+    await load_model(previous)  # roll back only to a version that can serve
     row.stage = "archived"
     await session.flush()
     previous.stage = "production"

@@ -243,3 +243,48 @@ async def test_cli_train_list_promote_backtest(client: httpx.AsyncClient, make_t
     assert [(r["action"], r["actor_type"]) for r in audit][-1] == ("model.promote", "system")
     rc, _, err = await civitas("ml", "list", "--tenant", "no-such-tenant")
     assert rc != 0 and "no tenant" in err
+
+
+async def test_a_corrupt_or_missing_artifact_is_not_promoted_and_the_old_one_serves(
+        client: httpx.AsyncClient, make_tenant, admin_sql, data_dir: Path) -> None:
+    from civitas_ray.storage import get_storage
+
+    t = await make_tenant(roles=["tenant_admin", "analyst"])
+    [a] = await make_assets(admin_sql, t.id, 1)
+    y = await load_i94(client, t, a["id"], data_dir, datetime.now(UTC))
+    key = f"asset:{a['id']}:volume"
+    ids = []
+    for n in (20, 30):
+        model = MODELS["traffic"](params={"n_estimators": n}).fit(y.iloc[-24 * 28:])
+        async with tenant_session(t.id) as s:
+            row = await registry.create_version(
+                s, tenant_id=t.id, name="traffic", kind="traffic",
+                subject={"asset_id": a["id"], "metric": "volume"}, key=key, model=model,
+                training_start=None, training_end=None, created_by=None, actor=SYSTEM_ACTOR,
+                metrics={"beats_seasonal_naive": True})
+            ids.append((str(row.id), row.params["artifact_key"]))
+    (v1, _), (v2, v2_key) = ids
+    r = await client.post(f"/api/v1/ml/models/{v1}/promote", headers=t.headers("tenant_admin"))
+    assert r.status_code == 200, r.text
+    params = {"asset_id": a["id"], "metric": "volume", "horizon": 3}
+
+    storage = get_storage()
+    good = await storage.get(v2_key)
+    await storage.put(v2_key, good[:-40] + b"x" * 40)  # altered after training
+    r = await client.post(f"/api/v1/ml/models/{v2}/promote", headers=t.headers("tenant_admin"))
+    assert r.status_code == 409 and "altered or corrupted" in r.json()["detail"]
+    await storage.delete(v2_key)
+    r = await client.post(f"/api/v1/ml/models/{v2}/promote", headers=t.headers("tenant_admin"))
+    assert r.status_code == 409 and "missing" in r.json()["detail"]
+    r = await client.post(f"/api/v1/ml/models/{v2}/shadow", headers=t.headers("tenant_admin"))
+    assert r.status_code == 409
+    # Nothing changed: version 1 still serves.
+    stages = await admin_sql("select version, stage from model_version where tenant_id = $1 "
+                             "order by version", t.id)
+    assert [(r["version"], r["stage"]) for r in stages] == [(1, "production"), (2, "candidate")]
+    r = await client.get("/api/v1/forecasts", headers=t.headers("analyst"), params=params)
+    assert r.status_code == 200 and r.json()["version"] == 1 and len(r.json()["points"]) == 3
+    # With the good bytes back, it is promotable again.
+    await storage.put(v2_key, good)
+    r = await client.post(f"/api/v1/ml/models/{v2}/promote", headers=t.headers("tenant_admin"))
+    assert r.status_code == 200 and r.json()["replaced"]["id"] == v1
