@@ -20,7 +20,7 @@ CONFIG = ROOT / "serve_config.yaml"
 def test_serve_config_is_valid_and_says_how_civitas_runs() -> None:
     config = serving.load_config(CONFIG)
     assert (config.http_options.host, config.http_options.port) == ("127.0.0.1", 8000)
-    [app] = config.applications
+    [app] = [a for a in config.applications if a.name == "civitas"]
     assert (app.name, app.route_prefix, app.import_path) == (
         "civitas", "/", "civitas_ray.serve.app:build")
     [ingress] = app.deployments
