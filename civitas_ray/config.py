@@ -134,6 +134,7 @@ class ActorSettings(BaseModel):
     rollup_bucket_s: int = 60  # `telemetry.rollup` events: one per stream per closed bucket
     zone_event_min_interval_s: float = 1.0
     rules_ttl_s: float = 5.0
+    zone_model_refresh_s: float = 600.0  # zone forecasts from trained models, this often
 
 
 class JobsSettings(BaseModel):

@@ -35,7 +35,7 @@ from civitas_ray.realtime.events import Event
 from civitas_ray.runtime.entities import checkpoint_and_passivate, read_checkpoints
 from civitas_ray.streams.state import StreamDelta
 from civitas_ray.streams.timebase import now_us
-from civitas_ray.zones.state import ZoneConfig, ZoneState
+from civitas_ray.zones.state import LearnedForecast, ZoneConfig, ZoneState
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +70,9 @@ class ZoneHost:
         self._effects_lock = asyncio.Lock()
         self._locks: dict[uuid.UUID, asyncio.Lock] = {}
         self.stats: dict[str, int] = {"batches": 0, "deltas": 0, "activations": 0,
-                                      "events": 0, "errors": 0}
+                                      "events": 0, "errors": 0, "learned_forecasts": 0,
+                                      "learned_errors": 0}
+        self._learned_at = 0.0
 
     async def _zone_rules(self, tenant_id: uuid.UUID, zone_id: uuid.UUID) -> list[AlertRule]:
         ttl = self.settings.actors.rules_ttl_s
@@ -267,9 +269,67 @@ class ZoneHost:
                                       subject=f"zone:{key[1]}/{metric}"))
         events: dict[uuid.UUID, list[Event]] = {}
         await self._effects(firings, events)
+        if self.entities and now - self._learned_at > a.zone_model_refresh_s:
+            self._learned_at = now
+            try:
+                await self.refresh_learned()
+            except Exception:
+                self.stats["learned_errors"] += 1
+                log.exception("zone model forecasts failed")
         return await checkpoint_and_passivate(
             self.entities, self.evaluators, key_of=checkpoint_key, now=now, settings=a,
             ttl_s=7 * 86400, force=force_checkpoint)
+
+    async def refresh_learned(self, horizon_s: float = 24 * 3600.0) -> int:
+        """Ask the production zone models (Forecaster) for the next `horizon_s` of every
+        active zone that has one; zone rules and snapshots use them (1 to 24 h)."""
+        if not self.entities:
+            return 0
+        async with tenant_session(None, system=True) as s:
+            rows = (await s.execute(text(
+                "select tenant_id, subject_key from model_version where stage = 'production' "
+                "and subject_key like 'zone:%'"))).all()
+        wanted: list[tuple[ZoneKey, str]] = []
+        for tenant_id, key in rows:
+            _, zone, metric = str(key).split(":", 2)
+            zk = (tenant_id, uuid.UUID(zone))
+            if zk in self.entities:
+                wanted.append((zk, metric))
+        if not wanted:
+            return 0
+        from datetime import timedelta
+
+        from civitas_ray.ml import forecasts
+        from civitas_ray.ml.data import Subject
+
+        done = 0
+        for zk, metric in wanted:
+            try:
+                async with tenant_session(zk[0]) as s:
+                    out = await forecasts.forecast(
+                        s, zk[0], Subject(None, zk[1], metric),
+                        horizon=timedelta(seconds=horizon_s))
+            except Exception as exc:
+                self.stats["learned_errors"] += 1
+                log.warning("zone model forecast failed",
+                            extra={"zone": str(zk[1]), "metric": metric, "error": repr(exc)})
+                continue
+            pts = out["points"]
+            entity = self.entities.get(zk)
+            if entity is None or not pts:
+                continue
+            entity.state.set_learned(metric, LearnedForecast(
+                model=str(out["model"]), version=int(out["version"]),
+                version_id=str(out["model_version_id"]), made_at_us=now_us(),
+                ts_us=np.asarray([int(p["ts"].timestamp() * 1_000_000) for p in pts],
+                                 dtype=np.int64),
+                mean=np.asarray([p["value"] for p in pts], dtype=np.float64),
+                lower=np.asarray([p["lower"] for p in pts], dtype=np.float64),
+                upper=np.asarray([p["upper"] for p in pts], dtype=np.float64),
+                served_by=str(out["served_by"])))
+            done += 1
+        self.stats["learned_forecasts"] += done
+        return done
 
     def info(self) -> dict[str, Any]:
         return {"index": self.index, "shards": self.n_shards, "entities": len(self.entities),

@@ -43,6 +43,7 @@ class ZoneConfig:
     forecast_aggregate: ForecastAggregate = "sum"
     forecast_aggregates: dict[str, ForecastAggregate] = field(default_factory=dict)
     tz: str = "UTC"
+    learned_max_age_s: float = 3 * 3600.0  # a trained model's forecast is used this long
 
     def aggregate_for(self, metric: str) -> ForecastAggregate:
         return self.forecast_aggregates.get(metric, self.forecast_aggregate)
@@ -163,6 +164,36 @@ class ZoneDelta:
         return bool(self.members_updated or self.readings)
 
 
+@dataclass(slots=True)
+class LearnedForecast:
+    """A zone-level forecast of a trained model (the Forecaster), kept until the next one.
+
+    Zone rules and snapshots use it instead of the online forecaster where it covers
+    the asked horizon; it is not checkpointed (the host asks for a new one).
+    """
+
+    model: str
+    version: int
+    version_id: str
+    made_at_us: int
+    ts_us: I64Array
+    mean: F64Array
+    lower: F64Array
+    upper: F64Array
+    served_by: str = "in-process"
+
+    def window(self, now_us: int, horizon_s: float, step_us: int
+               ) -> tuple[I64Array, F64Array, F64Array, F64Array] | None:
+        """Points from the current step to now + horizon, or None when it does not reach."""
+        end = now_us + int(horizon_s * US_PER_S)
+        if not self.ts_us.size or self.ts_us[-1] < min(end, now_us + step_us):
+            return None
+        sel = (self.ts_us > now_us - step_us) & (self.ts_us <= end)
+        if not sel.any():
+            return None
+        return self.ts_us[sel], self.mean[sel], self.lower[sel], self.upper[sel]
+
+
 class ZoneState:
     """Live state of one zone.
 
@@ -183,6 +214,7 @@ class ZoneState:
         self._forecasters: dict[str, SeasonalForecaster] = {}
         self._bucket: dict[str, int] = {}  # last bucket index sampled per metric
         self.newest_us: int | None = None
+        self.learned: dict[str, LearnedForecast] = {}
 
     # ---- applying deltas ---------------------------------------------------------------
     def apply(self, deltas: Iterable[StreamDelta | Mapping[str, Any]]) -> ZoneDelta:
@@ -285,9 +317,36 @@ class ZoneState:
         self._forecaster(metric).update(np.asarray(ts_us, dtype=np.int64),
                                         np.asarray(values, dtype=np.float64))
 
+    def set_learned(self, metric: str, forecast: LearnedForecast | None) -> None:
+        if forecast is None:
+            self.learned.pop(metric, None)
+        else:
+            self.learned[metric] = forecast
+
+    def forecast_source(self, metric: str, now_us: int, horizon_s: float) -> str:
+        lf = self._learned_window(metric, now_us, horizon_s)
+        return f"model:{lf[0].model}:v{lf[0].version}" if lf else "online"
+
+    def _learned_window(self, metric: str, now_us: int, horizon_s: float
+                        ) -> tuple[LearnedForecast, tuple[I64Array, F64Array, F64Array,
+                                                          F64Array]] | None:
+        lf = self.learned.get(metric)
+        if lf is None or horizon_s <= 0:
+            return None
+        if now_us - lf.made_at_us > int(self.config.learned_max_age_s * US_PER_S):
+            return None
+        step_us = int(np.median(np.diff(lf.ts_us))) if lf.ts_us.size > 1 else 3_600_000_000
+        win = lf.window(now_us, horizon_s, step_us)
+        return (lf, win) if win is not None else None
+
     def forecast(self, metric: str, now_us: int, horizon_s: float = 3_600.0
                  ) -> tuple[I64Array, F64Array, F64Array, F64Array]:
-        """(ts, mean, lower, upper) of the zone aggregate of `metric` (sum or mean)."""
+        """(ts, mean, lower, upper) of the zone aggregate of `metric` (sum or mean): the
+        trained model's forecast where one is fresh and reaches the horizon, else the
+        online forecaster's."""
+        learned = self._learned_window(metric, now_us, horizon_s)
+        if learned is not None:
+            return learned[1]
         fc = self._forecasters.get(metric)
         if fc is None:
             return _EMPTY_I64, _EMPTY_F64, _EMPTY_F64, _EMPTY_F64
@@ -360,6 +419,7 @@ class ZoneState:
                 "latest_mean": _jf(agg["avg"]),
                 "window": {"seconds": self.config.window_s, **roll.stats(since)},
                 "forecast_aggregate": self.config.aggregate_for(metric),
+                "forecast_source": self.forecast_source(metric, now_us, horizon_s),
                 "forecast": [{"ts": t, "value": _jf(m), "lower": _jf(lo), "upper": _jf(hi)}
                              for t, m, lo, hi in zip(iso_utc(f_ts), mean.tolist(),
                                                      lower.tolist(), upper.tolist(),
