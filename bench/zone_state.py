@@ -29,6 +29,7 @@ from typing import Any
 
 import asyncpg
 import numpy as np
+import orjson
 
 from bench import common
 
@@ -109,7 +110,8 @@ async def run(args: argparse.Namespace) -> None:
     t0 = time.monotonic()
     state: dict[str, Any] | None = None
     while time.monotonic() - t0 < 60:
-        state = await live.zone_state(tenant_id=tenant, zone_id=zone, horizon_s=args.horizon)
+        raw = await live.zone_state(tenant_id=tenant, zone_id=zone, horizon_s=args.horizon)
+        state = orjson.loads(raw) if raw else None
         if state and state.get("kpis", {}).get("assets_reporting") == args.assets and \
                 len(state.get("members", [])) == 2 * args.assets:
             break
@@ -122,10 +124,14 @@ async def run(args: argparse.Namespace) -> None:
     async def via_live() -> Any:
         return await live.zone_state(tenant_id=tenant, zone_id=zone, horizon_s=args.horizon)
 
+    async def via_live_kpis() -> Any:
+        return await live.zone_state(tenant_id=tenant, zone_id=zone, horizon_s=args.horizon,
+                                     members=False)
+
     handle = registry.zone_shard_for(zone.bytes)
 
     async def via_handle() -> Any:
-        return await handle.state.remote(str(tenant), str(zone), args.horizon)
+        return await handle.state.remote(str(tenant), str(zone), args.horizon)  # dict
 
     conn = await asyncpg.connect(get_settings().database.admin_dsn)
     rows = await conn.fetch(ZONE_SQL, zone, tenant)
@@ -134,7 +140,8 @@ async def run(args: argparse.Namespace) -> None:
     async def via_sql() -> Any:
         return await conn.fetch(ZONE_SQL, zone, tenant)
 
-    results = {"live.zone_state (actor)": await timed(via_live, args.calls),
+    results = {"live.zone_state (actor, JSON bytes)": await timed(via_live, args.calls),
+               "live.zone_state members=false": await timed(via_live_kpis, args.calls),
                "actor, cached handle": await timed(via_handle, args.calls),
                "SQL (asyncpg, DISTINCT ON)": await timed(via_sql, args.calls)}
     await conn.close()

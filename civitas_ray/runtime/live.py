@@ -43,11 +43,12 @@ async def stream_state(*, tenant_id: uuid.UUID, asset_id: uuid.UUID, metric: str
 
 
 async def zone_state(*, tenant_id: uuid.UUID, zone_id: uuid.UUID,
-                     horizon_s: float) -> dict[str, Any] | None:
+                     horizon_s: float, members: bool = True) -> bytes | None:
+    """The zone's snapshot as JSON bytes, serialized by the shard."""
     _require_ray()
     shard = registry.zone_shard_for(zone_id.bytes)
-    result: dict[str, Any] | None = await _ask(shard.state.remote(
-        str(tenant_id), str(zone_id), horizon_s))
+    result: bytes | None = await _ask(shard.state_json.remote(
+        str(tenant_id), str(zone_id), horizon_s, members))
     return result
 
 

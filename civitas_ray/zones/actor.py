@@ -12,6 +12,7 @@ import os
 import uuid
 from typing import Any
 
+import orjson
 import ray
 
 from civitas_ray.runtime.periodic import Periodic
@@ -36,6 +37,15 @@ class ZoneShard:
         self._housekeeping.ensure()
         return await self.host.snapshot(uuid.UUID(tenant_id), uuid.UUID(zone_id),
                                         horizon_s=horizon_s)
+
+    async def state_json(self, tenant_id: str, zone_id: str, horizon_s: float = 3600.0,
+                         members: bool = True) -> bytes | None:
+        """The snapshot serialized here, once: the ingress sends these bytes as they are
+        (no Ray pickling of a nested dict, no second JSON encoding)."""
+        self._housekeeping.ensure()
+        snap = await self.host.snapshot(uuid.UUID(tenant_id), uuid.UUID(zone_id),
+                                        horizon_s=horizon_s, members=members)
+        return None if snap is None else orjson.dumps(snap)
 
     async def checkpoint(self) -> dict[str, int]:
         return await self.host.housekeeping(force_checkpoint=True)

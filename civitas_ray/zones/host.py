@@ -246,12 +246,13 @@ class ZoneHost:
                   "metrics": {m: v.get("latest") for m, v in (snap.get("metrics") or {}).items()}}))
 
     async def snapshot(self, tenant_id: uuid.UUID, zone_id: uuid.UUID, *,
-                       horizon_s: float = 3600.0) -> dict[str, Any] | None:
+                       horizon_s: float = 3600.0, members: bool = True,
+                       ) -> dict[str, Any] | None:
         entity = await self._activate((tenant_id, zone_id), must_exist=True)
         if entity is None:
             return None
         entity.last_active = time.monotonic()
-        return entity.state.snapshot(now_us(), horizon_s=horizon_s)
+        return entity.state.snapshot(now_us(), horizon_s=horizon_s, members=members)
 
     async def housekeeping(self, *, force_checkpoint: bool = False) -> dict[str, int]:
         a = self.settings.actors

@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, status
+from fastapi import APIRouter, Query, Response, status
 
 from civitas_ray import geo
 from civitas_ray.assets import service as assets
@@ -133,16 +133,19 @@ async def list_zone_assets(ctx: AuthDep, zone_id: uuid.UUID,
 
 @router.get("/{zone_id}/state", summary="Live state of a zone (actor memory)",
             description="Latest value of every member stream, rolling aggregates and KPIs "
-                        "per metric, and the zone forecast over `horizon_s`, answered by the "
-                        "ZoneShard hosting the zone; 503 when the actors are not running.",
+                        "per metric, and the zone forecast over `horizon_s` (with "
+                        "`forecast_source`: a trained zone model or the online forecaster), "
+                        "answered by the ZoneShard hosting the zone; `members=false` leaves "
+                        "the member list out (KPI tiles). 503 when the actors are not running.",
+            responses={200: {"content": {"application/json": {}}}},
             **needs(Perm.ZONES_READ))
 async def zone_state(ctx: AuthDep, zone_id: uuid.UUID,
-                     horizon_s: Annotated[int, Query(ge=0, le=86_400)] = 3600
-                     ) -> dict[str, Any]:
+                     horizon_s: Annotated[int, Query(ge=0, le=86_400)] = 3600,
+                     members: bool = True) -> Response:
     await service.require(session=ctx.session, tenant_id=ctx.principal.tenant_id,
                           zone_id=zone_id)
     state = await live.zone_state(tenant_id=ctx.principal.tenant_id, zone_id=zone_id,
-                                  horizon_s=horizon_s)
+                                  horizon_s=horizon_s, members=members)
     if state is None:
         raise NotFound(f"Zone {zone_id} not found")
-    return state
+    return Response(content=state, media_type="application/json")

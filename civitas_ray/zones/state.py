@@ -406,8 +406,9 @@ class ZoneState:
             anomaly_score=max(scores) if scores else None, flags=flags,
             forecast_ts_us=f_ts, forecast_mean=f_mean)
 
-    def snapshot(self, now_us: int, horizon_s: float = 3_600.0) -> dict[str, Any]:
-        """JSON-ready live state of the zone."""
+    def snapshot(self, now_us: int, horizon_s: float = 3_600.0, *,
+                 members: bool = True) -> dict[str, Any]:
+        """JSON-ready live state of the zone (`members=False`: without the member list)."""
         since = now_us - int(self.config.window_s * US_PER_S)
         metrics: dict[str, Any] = {}
         for metric in self.metrics():
@@ -425,14 +426,16 @@ class ZoneState:
                                                      lower.tolist(), upper.tolist(),
                                                      strict=True)],
             }
-        members = [{
-            "asset_id": a, "metric": met, "ts": iso_one(m.ts_us), "value": _jf(m.value),
-            "stale": not self._fresh(m, now_us), "score": _jf(m.score),
-            "is_anomaly": m.is_anomaly, "flags": sorted(m.flags)}
-            for (a, met), m in sorted(self.members.items())]
-        return {"tenant_id": self.tenant_id, "zone_id": self.zone_id,
-                "as_of": iso_one(self.newest_us), "kpis": self.kpis(now_us),
-                "metrics": metrics, "members": members}
+        out: dict[str, Any] = {"tenant_id": self.tenant_id, "zone_id": self.zone_id,
+               "as_of": iso_one(self.newest_us), "kpis": self.kpis(now_us),
+               "metrics": metrics}
+        if members:
+            out["members"] = [{
+                "asset_id": a, "metric": met, "ts": iso_one(m.ts_us), "value": _jf(m.value),
+                "stale": not self._fresh(m, now_us), "score": _jf(m.score),
+                "is_anomaly": m.is_anomaly, "flags": sorted(m.flags)}
+                for (a, met), m in sorted(self.members.items())]
+        return out
 
     # ---- checkpoints -------------------------------------------------------------------
     def checkpoint(self) -> dict[str, Any]:

@@ -118,6 +118,11 @@ async def test_ingest_state_alert_incident_recovery(client: httpx.AsyncClient, m
 
     zs = await eventually(zone_state)
     assert zs["metrics"]["level"]["latest"]["max"] == 24.0
+    assert zs["metrics"]["level"]["forecast_source"] == "online"
+    assert [m["asset_id"] for m in zs["members"]] == [asset_id]
+    r = await client.get(f"/api/v1/zones/{zone_id}/state", headers=t.headers("analyst"),
+                         params={"members": "false"})
+    assert "members" not in r.json() and r.json()["kpis"] == zs["kpis"]
 
     # The threshold is crossed: one alert, one incident, events on the tenant's stream.
     r = await client.post("/api/v1/telemetry", headers=t.device_headers, json={"readings": [
