@@ -178,6 +178,7 @@ def audit_verify(tenant: Annotated[str | None, typer.Option(help="Only this tena
 
 def main() -> None:
     from civitas_ray import runtime_cli
+    from civitas_ray.ai.commands import register as register_ai
     from civitas_ray.ml.commands import register as register_ml
     from civitas_ray.mqtt.commands import register as register_mqtt
     from civitas_ray.telemetry.commands import register as register_telemetry
@@ -186,6 +187,7 @@ def main() -> None:
     register_mqtt(app)
     register_telemetry(app)
     register_ml(app)
+    register_ai(app)
     app(prog_name="civitas")
 
 

