@@ -78,6 +78,8 @@ def _routers() -> list[APIRouter]:
     from civitas_ray.assets.router import router as assets
     from civitas_ray.audit.router import router as audit
     from civitas_ray.auth.router import router as auth
+    from civitas_ray.documents.router import router as documents
+    from civitas_ray.documents.router import search_router
     from civitas_ray.incidents.router import router as incidents
     from civitas_ray.realtime.router import router as presence
     from civitas_ray.storage.router import router as files
@@ -89,7 +91,8 @@ def _routers() -> list[APIRouter]:
 
     # Telemetry first: routes are matched in order and ingest is the hot path.
     return [telemetry, auth, tenants, users_router, api_keys_router, zones, assets, streams,
-            incidents, rules_router, alerts_router, audit, presence, files, *_ml_routers()]
+            incidents, rules_router, alerts_router, audit, presence, files, documents,
+            search_router, *_ml_routers()]
 
 
 def _ml_routers() -> list[APIRouter]:

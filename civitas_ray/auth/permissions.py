@@ -25,6 +25,12 @@ class Perm(StrEnum):
     ML_READ = "ml:read"  # models, jobs, forecasts, backtests
     ML_TRAIN = "ml:train"  # start training jobs
     ML_PROMOTE = "ml:promote"  # promote, shadow, roll back model versions
+    DOCUMENTS_READ = "documents:read"  # RAG documents, their sources and search
+    DOCUMENTS_WRITE = "documents:write"  # upload, re-ingest, delete documents
+    AI_RUN = "ai:run"  # run agents on demand (policy checks, recommendations, summaries)
+    AI_READ = "ai:read"  # agent runs: inputs, answers, citations, models
+    RECOMMENDATIONS_READ = "recommendations:read"
+    RECOMMENDATIONS_DECIDE = "recommendations:decide"  # accept, reject, record outcomes
 
 
 class RoleName(StrEnum):
@@ -35,9 +41,13 @@ class RoleName(StrEnum):
     VIEWER = "viewer"
 
 
-_VIEW = {Perm.TENANT_READ, Perm.ZONES_READ, Perm.ASSETS_READ, Perm.INCIDENTS_READ}
-_ANALYST = _VIEW | {Perm.TELEMETRY_READ, Perm.ML_READ, Perm.ML_TRAIN}
-_OPERATOR = _ANALYST | {Perm.INCIDENTS_WRITE, Perm.TELEMETRY_INGEST}
+_VIEW = {Perm.TENANT_READ, Perm.ZONES_READ, Perm.ASSETS_READ, Perm.INCIDENTS_READ,
+         Perm.DOCUMENTS_READ}
+# Analysts curate the document library that search and the agents cite.
+_ANALYST = _VIEW | {Perm.TELEMETRY_READ, Perm.ML_READ, Perm.ML_TRAIN, Perm.DOCUMENTS_WRITE,
+                    Perm.AI_READ, Perm.RECOMMENDATIONS_READ}
+_OPERATOR = _ANALYST | {Perm.INCIDENTS_WRITE, Perm.TELEMETRY_INGEST, Perm.AI_RUN,
+                        Perm.RECOMMENDATIONS_DECIDE}
 _TENANT_ADMIN = _OPERATOR | {
     Perm.TENANT_WRITE, Perm.USERS_READ, Perm.USERS_WRITE, Perm.API_KEYS_READ,
     Perm.API_KEYS_WRITE, Perm.ZONES_WRITE, Perm.ASSETS_WRITE, Perm.AUDIT_READ, Perm.ML_PROMOTE,
@@ -56,8 +66,8 @@ ROLE_DESCRIPTIONS: dict[str, str] = {
     RoleName.TENANT_ADMIN: "Administers one tenant: users, keys, zones, assets, audit; "
                            "promotes and rolls back models.",
     RoleName.OPERATOR: "Control-room operator: handles incidents, reads live state.",
-    RoleName.ANALYST: "Reads data and telemetry; trains models.",
-    RoleName.VIEWER: "Read-only view of zones, assets and incidents.",
+    RoleName.ANALYST: "Reads data and telemetry; trains models; curates documents.",
+    RoleName.VIEWER: "Read-only view of zones, assets, incidents and documents.",
 }
 
 # What a device API key may do, whatever else it asks for.
