@@ -74,6 +74,7 @@ logger = logging.getLogger(__name__)
 
 
 def _routers() -> list[APIRouter]:
+    from civitas_ray.ai.router_policy import router as ai_policy
     from civitas_ray.alerts.router import alerts_router, rules_router
     from civitas_ray.assets.router import router as assets
     from civitas_ray.audit.router import router as audit
@@ -82,6 +83,7 @@ def _routers() -> list[APIRouter]:
     from civitas_ray.documents.router import search_router
     from civitas_ray.incidents.router import router as incidents
     from civitas_ray.realtime.router import router as presence
+    from civitas_ray.recommendations.router import router as recommendations
     from civitas_ray.storage.router import router as files
     from civitas_ray.streams.router import router as streams
     from civitas_ray.telemetry.router import router as telemetry
@@ -92,7 +94,7 @@ def _routers() -> list[APIRouter]:
     # Telemetry first: routes are matched in order and ingest is the hot path.
     return [telemetry, auth, tenants, users_router, api_keys_router, zones, assets, streams,
             incidents, rules_router, alerts_router, audit, presence, files, documents,
-            search_router, *_ml_routers()]
+            search_router, ai_policy, recommendations, *_ml_routers()]
 
 
 def _ml_routers() -> list[APIRouter]:

@@ -1,5 +1,6 @@
 """Imports every ORM model so the metadata (and Alembic) sees all tables."""
 
+from civitas_ray.ai.agents.models import AgentRun
 from civitas_ray.alerts.models import Alert, AlertRule
 from civitas_ray.assets.models import Asset
 from civitas_ray.audit.models import AuditLog
@@ -14,7 +15,8 @@ from civitas_ray.tenants.models import Tenant
 from civitas_ray.zones.models import Zone
 
 __all__ = [
-    "TENANT_TABLES", "Alert", "AlertRule", "ApiKey", "AppUser", "Asset", "AuditLog", "Base",
+    "TENANT_TABLES", "AgentRun", "Alert", "AlertRule", "ApiKey", "AppUser", "Asset", "AuditLog",
+    "Base",
     "Document", "DocumentChunk", "Incident", "IncidentEvent", "MlJob", "ModelVersion",
     "Recommendation",
     "RefreshToken", "Role", "Telemetry", "TelemetryRollup", "Tenant", "Zone",
