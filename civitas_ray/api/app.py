@@ -74,6 +74,7 @@ logger = logging.getLogger(__name__)
 
 
 def _routers() -> list[APIRouter]:
+    from civitas_ray.ai.router import router as ai
     from civitas_ray.ai.router_policy import router as ai_policy
     from civitas_ray.alerts.router import alerts_router, rules_router
     from civitas_ray.assets.router import router as assets
@@ -94,7 +95,7 @@ def _routers() -> list[APIRouter]:
     # Telemetry first: routes are matched in order and ingest is the hot path.
     return [telemetry, auth, tenants, users_router, api_keys_router, zones, assets, streams,
             incidents, rules_router, alerts_router, audit, presence, files, documents,
-            search_router, ai_policy, recommendations, *_ml_routers()]
+            search_router, ai, ai_policy, recommendations, *_ml_routers()]
 
 
 def _ml_routers() -> list[APIRouter]:

@@ -100,6 +100,9 @@ def up(settings: Settings, t: Target, *, num_cpus: int | None = None,
         from civitas_ray.runtime import maintenance
 
         maintenance.start()
+        from civitas_ray.ai.agents import runner as agent_runner
+
+        agent_runner.start()
         from civitas_ray.mqtt.actor import start_bridge
 
         start_bridge(settings, env_vars=serving.settings_env())
@@ -159,6 +162,10 @@ def down(settings: Settings, t: Target) -> list[str]:
 
         if maintenance.stop():
             done.append("maintenance jobs stopped")
+        from civitas_ray.ai.agents import runner as agent_runner
+
+        if agent_runner.stop():
+            done.append("agent runner stopped")
         if head is not None:
             done.append("Serve shut down" if serving.shutdown_serve()
                         else "Serve was not running")

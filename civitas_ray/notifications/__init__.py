@@ -1,0 +1,1 @@
+"""Notifications: who must know about an incident, and the channels that tell them."""
