@@ -124,6 +124,32 @@ async def test_telemetry_topic_payload_shapes_and_batching(make_tenant, admin_sq
     assert len(await stored(admin_sql, a["id"], "count")) == 300
 
 
+async def test_a_backlog_read_in_large_chunks_loses_nothing(make_tenant, admin_sql,
+                                                            own_broker: OwnBroker) -> None:
+    """A backlog arrives as a stream of packets read 64 KiB at a time (paho_ext's lean
+    reader): packets cut at a chunk's end, and one larger than a chunk, all decoded."""
+    t = await make_tenant(roles=["operator"], with_key=False)
+    [a] = await make_assets(admin_sql, t.id, 1)
+    settings = cfg()
+    async with running(settings, port=own_broker.port):
+        pass  # the session and its subscriptions now wait at the broker
+    t0 = now() - timedelta(hours=1)
+    lines = [orjson.dumps(reading("m", t0 + timedelta(seconds=i), i)).decode()
+             for i in range(3000)]
+    big = [reading("big", t0 + timedelta(seconds=i), i) for i in range(2000)]  # ~130 KB
+    lines.insert(1500, orjson.dumps(big).decode())
+    subprocess.run(["mosquitto_pub", "-h", "127.0.0.1", "-p", str(own_broker.port), "-q", "1",
+                    "-t", f"civitas/{t.slug}/telemetry/{a['id']}", "-l"],
+                   input="\n".join(lines) + "\n", text=True, check=True, timeout=30)
+    async with running(settings, port=own_broker.port) as bridge:
+        await until(lambda: bridge.stats.messages_acked == 3001, what="3001 acks")
+        snap = bridge.snapshot()
+    assert snap["readings_accepted"] == 5000 and snap["messages_rejected"] == 0
+    assert [r["value"] for r in await stored(admin_sql, a["id"], "m")] == \
+        [float(i) for i in range(3000)]
+    assert len(await stored(admin_sql, a["id"], "big")) == 2000
+
+
 async def test_senml_topics(make_tenant, admin_sql) -> None:
     t = await make_tenant(roles=["operator"], with_key=False)
     a, b = await make_assets(admin_sql, t.id, 2)
@@ -190,6 +216,107 @@ async def test_bad_messages_are_rejected_alone_and_reported(make_tenant, admin_s
     assert "number" in reasons[1] and "of asset" in reasons[2]
     [senml] = [p for tp, p in reports if tp == f"civitas/{t.slug}/rejected/senml"]
     assert "<asset>/<metric>" in senml["rejected"][0]["reason"]
+
+
+@contextlib.asynccontextmanager
+async def rejection_reports(slug: str) -> AsyncIterator[list[tuple[str, dict[str, Any]]]]:
+    """Collects what the bridge publishes under the tenant's `rejected/#` subtree."""
+    reports: list[tuple[str, dict[str, Any]]] = []
+    async with aiomqtt.Client(BROKER.host, BROKER.port) as listener:
+        await listener.subscribe(f"civitas/{slug}/rejected/#", qos=1)
+
+        async def listen() -> None:
+            async for m in listener.messages:
+                reports.append((str(m.topic), orjson.loads(m.payload)))
+
+        listening = asyncio.create_task(listen())
+        try:
+            yield reports
+        finally:
+            listening.cancel()
+
+
+async def test_single_reading_messages_are_parsed_together_and_rejected_alone(
+        make_tenant, admin_sql) -> None:
+    """One batch of one-reading messages from several devices, bad ones among them:
+    each bad message gets its own report (reading 0), every other reading is stored."""
+    t = await make_tenant(roles=["operator"], with_key=False)
+    devices = await make_assets(admin_sql, t.id, 3)
+    a, b = devices[0], devices[1]
+    t0 = now()
+    topic = {d["id"]: f"civitas/{t.slug}/telemetry/{d['external_id']}" for d in devices}
+    good = [(topic[d["id"]], reading("m", t0 + timedelta(seconds=i), i))
+            for i in range(12) for d in devices]
+    bad = {
+        "value": (topic[a["id"]], reading("m", t0 + timedelta(seconds=50), "high")),
+        "future": (topic[b["id"]], reading("m", t0 + timedelta(days=2), 1)),
+        "other asset": (topic[a["id"]], {**reading("m", t0 + timedelta(seconds=51), 1),
+                                          "asset_id": b["id"]}),
+        "unknown": (f"civitas/{t.slug}/telemetry/no-such-device", reading("m", t0, 1)),
+    }
+    listed = (topic[b["id"]], [reading("n", t0, 1.5), reading("n", t0, "x")])
+    messages = [*good[:10], bad["value"], *good[10:20], listed, bad["other asset"],
+                *good[20:30], bad["future"], bad["unknown"], *good[30:]]
+    async with (rejection_reports(t.slug) as reports,
+                running(cfg(batch_max_delay_ms=300)) as bridge):
+        await publish(messages)
+        await until(lambda: bridge.stats.messages_acked == len(messages))
+        await until(lambda: len(reports) == 5, what="5 rejection reports")
+        snap = bridge.snapshot()
+    assert snap["readings_accepted"] == len(good) + 1 and snap["messages_rejected"] == 0
+    assert snap["unknown_assets"] == 1 and snap["pending"] == 0
+    assert snap["batches"] <= 4, "the messages were committed together"
+    for d in devices:
+        values = [r["value"] for r in await stored(admin_sql, d["id"], "m")]
+        assert values == [float(i) for i in range(12)]
+    assert [r["value"] for r in await stored(admin_sql, b["id"], "n")] == [1.5]
+    by_topic: dict[str, list[dict[str, Any]]] = {}
+    for tp, payload in reports:
+        by_topic.setdefault(tp, []).append(payload)
+    rejected_a = by_topic[f"civitas/{t.slug}/rejected/telemetry/{a['external_id']}"]
+    assert sorted(r["rejected"][0]["reason"].split()[0] for r in rejected_a) == ["this", "value"]
+    assert all(r["accepted"] == 0 and r["rejected"][0]["index"] == 0 for r in rejected_a)
+    rejected_b = by_topic[f"civitas/{t.slug}/rejected/telemetry/{b['external_id']}"]
+    [future] = [r for r in rejected_b if r["accepted"] == 0]
+    assert "future" in future["rejected"][0]["reason"]
+    [partial] = [r for r in rejected_b if r["accepted"] == 1]
+    assert partial["rejected"][0]["index"] == 1
+    [unknown] = by_topic[f"civitas/{t.slug}/rejected/telemetry/no-such-device"]
+    assert "unknown asset" in unknown["rejected"][0]["reason"]
+
+
+async def test_a_poison_message_is_isolated_from_its_batch(make_tenant, admin_sql,
+                                                           monkeypatch) -> None:
+    """The ingest path fails on one message (a bug, not the database being busy): the
+    batch is retried message by message, the culprit is rejected, the rest stored."""
+    t = await make_tenant(roles=["operator"], with_key=False)
+    [a] = await make_assets(admin_sql, t.id, 1)
+    ingestor = Ingestor()
+    real_ingest = ingestor.ingest
+
+    async def ingest(*, tenant_id: uuid.UUID, parsed: Any, **kw: Any) -> Any:
+        if (parsed.value == 666).any():
+            raise RuntimeError("poison")
+        return await real_ingest(tenant_id=tenant_id, parsed=parsed, **kw)
+
+    monkeypatch.setattr(ingestor, "ingest", ingest)
+    t0 = now()
+    topic = f"civitas/{t.slug}/telemetry/{a['id']}"
+    values = [1, 2, 666, 3, 4]
+    try:
+        async with (rejection_reports(t.slug) as reports,
+                    running(cfg(batch_max_delay_ms=300), ingestor=ingestor) as bridge):
+            await publish([(topic, reading("m", t0 + timedelta(seconds=i), v))
+                           for i, v in enumerate(values)])
+            await until(lambda: bridge.stats.messages_acked == len(values))
+            await until(lambda: len(reports) == 1, what="the poison's report")
+            snap = bridge.snapshot()
+    finally:
+        await ingestor.close()
+    assert [r["value"] for r in await stored(admin_sql, a["id"])] == [1.0, 2.0, 3.0, 4.0]
+    assert snap["messages_rejected"] == 1 and snap["readings_accepted"] == 4
+    [(_, report)] = reports
+    assert report["reason"] == "internal error: RuntimeError"
 
 
 async def test_unknown_tenant_and_asset_are_counted_and_acked(make_tenant, admin_sql) -> None:
@@ -345,13 +472,13 @@ def _free_port() -> int:
 class OwnBroker:
     """A Mosquitto on a private port, with persistence, that a test may stop."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, extra_conf: str = "") -> None:
         self.port = _free_port()
         self.conf = workdir / "mosquitto.conf"
         self.conf.write_text(
             f"listener {self.port} 127.0.0.1\nallow_anonymous true\n"
             f"persistence true\npersistence_location {workdir}/\n"
-            "log_dest none\n")
+            f"log_dest none\n{extra_conf}")
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
@@ -376,7 +503,8 @@ def own_broker(tmp_path: Path) -> Any:
     if shutil.which("mosquitto") is None:
         pytest.skip("mosquitto is not installed")
     tmp_path.chmod(0o777)  # mosquitto drops to its own user when started as root
-    broker = OwnBroker(tmp_path)
+    # A backlog larger than Mosquitto's default session queue (1,000) must fit.
+    broker = OwnBroker(tmp_path, "max_queued_messages 0\n")
     broker.start()
     yield broker
     broker.stop()
