@@ -21,7 +21,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import numpy as np
@@ -221,6 +221,11 @@ class StreamHost:
                 since.append(datetime.fromtimestamp(latest[0] / 1e6, UTC) if latest else None)
                 bound = before.get(k)
                 until.append(datetime.fromtimestamp(bound / 1e6, UTC) if bound else None)
+            # One plain lower bound for all of them lets the hypertable skip every older
+            # chunk at execution (a per-row coalesce would open each chunk per stream,
+            # which years of imported history make very slow).
+            window_start = datetime.now(UTC) - timedelta(days=a.rebuild_history_days)
+            floor = min([window_start, *(t for t in since if t is not None)])
             async with tenant_session(tenant_id) as s:
                 # After a checkpoint: every row newer than it. Without: the stream's most
                 # recent rows within the history window (enough for the week profile).
@@ -228,13 +233,14 @@ class StreamHost:
                     "select k.a, k.m, r.ts, r.value from unnest(cast(:a as uuid[]), "
                     "cast(:m as text[]), cast(:s as timestamptz[]), cast(:u as timestamptz[])) "
                     "as k(a, m, s, u) cross join lateral (select ts, value from telemetry t "
-                    " where t.asset_id = k.a and t.metric = k.m and t.ts > coalesce(k.s, "
-                    " now() - make_interval(days => :d)) and (k.u is null or t.ts < k.u) "
+                    " where t.asset_id = k.a and t.metric = k.m and t.ts > :f "
+                    " and t.ts > coalesce(k.s, cast(:w as timestamptz)) "
+                    " and (k.u is null or t.ts < k.u) "
                     " order by t.ts desc limit case when k.s is null then :n else 100000 end"
                     ") r"),
                     {"a": [k[1] for k in tkeys], "m": [k[2] for k in tkeys], "s": since,
-                     "u": until,
-                     "d": a.rebuild_history_days, "n": max(a.rebuild_recent_readings, 4096)})
+                     "u": until, "f": floor, "w": window_start,
+                     "n": max(a.rebuild_recent_readings, 4096)})
                 for asset_id, metric, ts, value in result.all():
                     rows[(tenant_id, asset_id, metric)].append((ts, value))
         out: dict[StreamKey, Entity] = {}
