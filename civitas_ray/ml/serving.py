@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import io
 import logging
 import os
 import re
@@ -58,6 +59,9 @@ PENDING_PER_SUBJECT = 5000
 # How often an idle refresh loop (refresh_s = 0) looks whether it was switched on.
 IDLE_CHECK_S = 5.0
 LOAD_CONCURRENCY = 4
+# Feature rows one `score` request may carry, and the size of an .npy payload holding them.
+MAX_SCORE_ROWS = 200_000
+MAX_SCORE_BYTES = 256 * 2**20
 
 _M = TypeVar("_M", bound=BaseModel)
 _PIN_KEY = re.compile(r"^(?P<tenant>[^/]+)/(?P<name>[^/]+)/(?P<subject>.+)$")
@@ -197,6 +201,60 @@ class Observation(BaseModel):
     name: str = Field(min_length=1, max_length=100)
     subject_key: str = Field(min_length=1, max_length=160)
     actuals: SeriesIn
+
+    @property
+    def ref(self) -> SubjectRef:
+        return SubjectRef(self.tenant_id, self.name, self.subject_key)
+
+
+def feature_matrix(features: Any) -> np.ndarray:
+    """A 2-D float64 matrix from an .npy payload (bytes), a numpy array or a list of rows
+    (None and NaN are missing values, as LightGBM reads them); anything else is refused."""
+    if isinstance(features, bytes | bytearray | memoryview):
+        if len(features) > MAX_SCORE_BYTES:
+            raise ValueError(f"the .npy payload is {len(features)} bytes; at most "
+                             f"{MAX_SCORE_BYTES} are accepted")
+        try:
+            array = np.load(io.BytesIO(features), allow_pickle=False)
+        except (OSError, ValueError, EOFError) as exc:
+            raise ValueError(f"features bytes are not an .npy array: {exc}") from None
+    elif isinstance(features, np.ndarray):
+        array = features
+    elif isinstance(features, list):
+        try:
+            array = np.array(features, dtype="float64")
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"features rows are not numbers of equal length: {exc}") from None
+    else:
+        raise ValueError("features must be .npy bytes, a numpy array or a list of rows, "
+                         f"not {type(features).__name__}")
+    if array.dtype.kind not in "biuf":
+        raise ValueError(f"features must be numbers, not dtype {array.dtype}")
+    if array.ndim != 2 or array.shape[0] < 1:
+        raise ValueError(f"features must be a non-empty 2-D array (rows x features), got shape "
+                         f"{array.shape}")
+    if array.shape[0] > MAX_SCORE_ROWS:
+        raise ValueError(f"{array.shape[0]} rows in one request; at most {MAX_SCORE_ROWS}")
+    out = np.ascontiguousarray(array, dtype="float64")
+    if np.isinf(out).any():
+        raise ValueError("features hold infinite values; send missing values as NaN or null")
+    return out
+
+
+class ScoreRequest(BaseModel):
+    """Ready-made feature rows of one subject, scored by the version that serves it."""
+
+    model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
+
+    tenant_id: uuid.UUID
+    name: str = Field(min_length=1, max_length=100)
+    subject_key: str = Field(min_length=1, max_length=160)
+    features: np.ndarray
+
+    @field_validator("features", mode="before")
+    @classmethod
+    def _matrix(cls, features: Any) -> np.ndarray:
+        return feature_matrix(features)
 
     @property
     def ref(self) -> SubjectRef:
@@ -418,6 +476,61 @@ def predict_batch(table: ModelTable, requests: list[ForecastRequest]) -> list[Ou
     return out
 
 
+def score_rows(model: ForecastModel, X: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """value, lower, upper of feature rows, in the target's units: exactly what the first
+    step of a forecast makes of its feature row (level, interval correction, limits)."""
+    scale = model._scale(X)
+    mid, lo, hi = model._predict_matrix(X)
+    if model._widen.size:
+        lo, hi = lo - model._widen[0], hi + model._widen[0]
+    mid, lo, hi = (model._bound(np.clip(x * scale, *model._limits)) for x in (mid, lo, hi))
+    return mid, np.minimum(lo, mid), np.maximum(hi, mid)
+
+
+ScoreOutcome = dict[str, Any] | Exception
+
+
+def score_batch(table: ModelTable, requests: list[ScoreRequest]) -> list[ScoreOutcome]:
+    """Every request of a batch on the same table; the rows of all requests served by one
+    version go through LightGBM in one call, which is what batching buys."""
+    out: list[ScoreOutcome | None] = [None] * len(requests)
+    groups: dict[uuid.UUID, list[int]] = {}
+    for i, req in enumerate(requests):
+        entry = table.entries.get(req.ref)
+        if entry is None:
+            out[i] = UnknownSubject(f"no model serves {req.ref}: nothing of that name and "
+                                    "subject is in production or pinned")
+            continue
+        names = entry.production.model.feature_names
+        if req.features.shape[1] != len(names):
+            out[i] = ForecastRequestError(
+                f"cannot score {req.ref}: version {entry.production.row.version} reads "
+                f"{len(names)} features ({', '.join(names)}), the rows have "
+                f"{req.features.shape[1]}")
+            continue
+        groups.setdefault(entry.production.row.id, []).append(i)
+    for members in groups.values():
+        entry = table.entries[requests[members[0]].ref]
+        X = np.concatenate([requests[i].features for i in members])
+        try:
+            value, lower, upper = score_rows(entry.production.model, X)
+        except Exception as exc:  # a bug fails this version's requests, not the batch
+            logger.exception("scoring failed", extra={
+                "model_version_id": str(entry.production.row.id), "rows": int(X.shape[0])})
+            for i in members:
+                out[i] = exc
+            continue
+        start = 0
+        for i in members:
+            stop = start + requests[i].features.shape[0]
+            out[i] = {**entry.production.describe(), "generation": table.generation,
+                      "pinned": entry.pinned, "rows": stop - start,
+                      "value": value[start:stop], "lower": lower[start:stop],
+                      "upper": upper[start:stop]}
+            start = stop
+    return [o if o is not None else RuntimeError("request not scored") for o in out]
+
+
 # ---- shadow comparison ----------------------------------------------------------------
 @dataclass(slots=True)
 class ShadowStats:
@@ -603,6 +716,30 @@ class Forecaster:
             if isinstance(o, Answer):
                 self._book.record(o)
         return outcomes
+
+    async def score(self, request: dict[str, Any]) -> dict[str, Any]:
+        """Bulk scoring of ready-made feature rows: {tenant_id, name, subject_key, features:
+        .npy bytes, a numpy array or a list of rows, columns in the serving version's
+        `feature_names` order} -> {model_version_id, version, kind, stage, generation,
+        pinned, rows, value, lower, upper} with float64 numpy arrays, one value per row.
+
+        The rows are one-step-ahead feature rows (`features.build_features`); no shadow
+        is scored. Requests are batched and all rows of one version predicted together
+        in a worker thread.
+        """
+        req = _parse(ScoreRequest, request)
+        outcome = await self._score_batch(req)
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+
+    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.005)
+    async def _score_batch(self, requests: list[ScoreRequest]) -> list[ScoreOutcome]:
+        table = self._table
+        if table is None:
+            return [ForecasterNotReady("the forecaster has no models loaded yet")
+                    for _ in requests]
+        return await asyncio.to_thread(score_batch, table, requests)
 
     async def observe(self, request: dict[str, Any]) -> dict[str, Any]:
         """{tenant_id, name, subject_key, actuals: {ts, value}}: score production and

@@ -7,6 +7,7 @@ leaves the serving table alone."""
 from __future__ import annotations
 
 import asyncio
+import io
 import time
 import uuid
 from collections.abc import Iterator
@@ -19,6 +20,7 @@ import pandas as pd
 import pytest
 
 from civitas_ray.ml import datasets
+from civitas_ray.ml.features import build_features
 from civitas_ray.ml.models import MODELS, ForecastModel
 from civitas_ray.ml.serving import (
     APP_NAME,
@@ -351,3 +353,49 @@ async def test_shadow_scoring_promotion_and_rollback_through_the_registry(
     [served] = [x for x in info["subjects"] if x["subject_key"] == subject.key]
     assert served["serving"]["model_version_id"] == str(subject.v1) and not served["pinned"]
     assert info["failed_refreshes"] == 0
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+async def test_score_batches_feature_rows_and_matches_the_models_first_forecast_step(
+        models: Models, forecaster: None) -> None:
+    subject = await _new_subject(models)
+    await _stage(subject, "promote", subject.v2)
+    await asyncio.to_thread(_deploy, {"generation": 5, "pins": {}, "refresh_s": 30})
+    await _until(_running, timeout=60, what="the forecaster to run")
+    handle = get_forecaster_handle()
+    y = models.y
+    n = len(y)
+    # One-step feature rows of the week the models never saw, built by the shared pipeline.
+    origins = np.arange(n - 24 * 7, n)
+    X = build_features(y, models.v2.spec).to_numpy()[origins]
+    expected = models.v2.predict_origins(y, y.index[origins], 1)
+    buffer = io.BytesIO()
+    np.save(buffer, X[:60])
+    base = {"tenant_id": str(subject.tenant_id), "name": NAME, "subject_key": subject.key}
+    rows = [[None if np.isnan(v) else float(v) for v in row] for row in X[60:100]]
+    # Concurrent requests in the three payload forms, so the replica batches them.
+    answers = await asyncio.gather(
+        handle.score.remote({**base, "features": buffer.getvalue()}),
+        handle.score.remote({**base, "features": rows}),
+        handle.score.remote({**base, "features": X[100:]}))
+    assert [a["rows"] for a in answers] == [60, 40, X.shape[0] - 100]
+    for a in answers:
+        assert (a["model_version_id"], a["version"], a["generation"]) == (str(subject.v2), 2, 5)
+    for column in ("value", "lower", "upper"):
+        got = np.concatenate([a[column] for a in answers])
+        np.testing.assert_allclose(got, expected[column].to_numpy(), rtol=1e-9)
+    assert (np.concatenate([a["lower"] for a in answers])
+            <= np.concatenate([a["value"] for a in answers])).all()
+
+    # Bad input is refused with a reason; nothing is scored half.
+    with pytest.raises(ForecastRequestError, match=f"reads {X.shape[1]} features"):
+        await handle.score.remote({**base, "features": X[:5, :-1]})
+    with pytest.raises(ForecastRequestError, match=r"not an \.npy array"):
+        await handle.score.remote({**base, "features": b"not npy"})
+    with pytest.raises(ForecastRequestError, match="infinite"):
+        await handle.score.remote({**base, "features": np.full((2, X.shape[1]), np.inf)})
+    with pytest.raises(ForecastRequestError, match="equal length"):
+        await handle.score.remote({**base, "features": [[1.0, 2.0], [1.0]]})
+    with pytest.raises(UnknownSubject):
+        await handle.score.remote({**base, "subject_key": "asset:x:y", "features": X[:5]})
