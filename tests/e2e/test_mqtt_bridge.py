@@ -501,7 +501,7 @@ class OwnBroker:
 @pytest.fixture
 def own_broker(tmp_path: Path) -> Any:
     if shutil.which("mosquitto") is None:
-        pytest.skip("mosquitto is not installed")
+        pytest.fail("mosquitto is not installed (scripts/setup.sh installs it)")
     tmp_path.chmod(0o777)  # mosquitto drops to its own user when started as root
     # A backlog larger than Mosquitto's default session queue (1,000) must fit.
     broker = OwnBroker(tmp_path, "max_queued_messages 0\n")
