@@ -53,9 +53,8 @@ class Subject:
 def _series(rows: list[Any], freq: str, start: datetime, end: datetime) -> pd.Series:
     index = pd.date_range(pd.Timestamp(start).floor(freq), pd.Timestamp(end).ceil(freq),
                           freq=freq, inclusive="left", tz="UTC")
-    s = pd.Series([float(r[1]) for r in rows],
-                  index=pd.DatetimeIndex([pd.Timestamp(r[0]) for r in rows]), dtype="float64")
-    s.index = s.index.tz_convert("UTC")
+    stamps = pd.to_datetime([r[0] for r in rows], utc=True)  # empty too: a UTC index
+    s = pd.Series([float(r[1]) for r in rows], index=stamps, dtype="float64")
     return s.reindex(index)
 
 

@@ -60,7 +60,7 @@ async def train(ctx: AuthDep, body: TrainIn) -> MlJob:
 
 @router.get("/jobs", response_model=list[JobOut], summary="Recent training jobs",
             **needs(Perm.ML_READ))
-async def list_jobs(ctx: AuthDep, limit: Annotated[int, Query(ge=1, le=200)] = 50,
+async def list_jobs(ctx: AuthDep, limit: Annotated[int, Query(ge=1, le=500)] = 50,
                     ) -> list[MlJob]:
     rows = (await ctx.session.execute(select(MlJob).where(
         MlJob.tenant_id == ctx.principal.tenant_id).order_by(MlJob.created_at.desc())

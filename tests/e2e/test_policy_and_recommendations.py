@@ -30,6 +30,9 @@ PROHIBITED = ("Dig a trench in the public highway on 5th Street to reach a broke
 WITH_PERMIT = ("Dig a trench in the public highway on 5th Street to reach a broken water main, "
                "with a permit from the Mayor")
 PARK = "Set apart part of the avenue as a park with shade trees and walks"
+# Away from SQUARE, so the counter joins this zone and no other.
+CORRIDOR = {"type": "Polygon", "coordinates": [[
+    [-93.21, 44.95], [-93.19, 44.95], [-93.19, 44.97], [-93.21, 44.97], [-93.21, 44.95]]]}
 SQUARE = {"type": "Polygon", "coordinates": [[
     [-73.99, 40.75], [-73.97, 40.75], [-73.97, 40.77], [-73.99, 40.77], [-73.99, 40.75]]]}
 
@@ -334,12 +337,13 @@ async def test_recommender_pre_positions_for_a_zone_forecast_crossing(
     c: httpx.AsyncClient = city["client"]
     h = t.headers("tenant_admin")
     r = await c.post("/api/v1/zones", headers=h, json={
-        "name": "I-94 corridor", "code": "Z" + uuid.uuid4().hex[:6], "geometry": SQUARE})
+        "name": "I-94 corridor", "code": "Z" + uuid.uuid4().hex[:6], "geometry": CORRIDOR})
     zone = r.json()["id"]
     r = await c.post("/api/v1/assets", headers=h, json={
         "name": "Counter", "kind": "sensor",
-        "geometry": {"type": "Point", "coordinates": [-73.98, 40.76]}})
+        "geometry": {"type": "Point", "coordinates": [-93.20, 44.96]}})
     asset = r.json()["id"]
+    assert r.json()["zone_id"] == zone  # its own zone, not the module's other one
     await load_i94(c, t, asset, data_dir, datetime.now(UTC))
     subject = data.Subject.of(asset_id=None, zone_id=uuid.UUID(zone), metric="volume")
     now = datetime.now(UTC)
