@@ -204,7 +204,7 @@ python_setup() {
 
 migrate() {
   say "running migrations"
-  "$VENV/bin/civitas" db upgrade
+  CIVITAS_DATABASE__NAME="$DB_NAME" "$VENV/bin/civitas" db upgrade
   CIVITAS_DATABASE__NAME="${DB_NAME}_test" "$VENV/bin/civitas" db upgrade
   ok "migrations at head"
 }
