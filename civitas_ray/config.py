@@ -248,6 +248,12 @@ class EmbeddingSettings(BaseModel):
     batch_size: int = Field(32, ge=1, le=1024)
     # Tokens per text the model reads; longer chunks are embedded by their start.
     max_seq_length: int = Field(256, ge=16, le=8192)
+    # torch: sentence-transformers as shipped. onnx / onnx-int8: the same weights exported
+    # once (offline) to ONNX, int8 with dynamically quantised weights, run by onnxruntime
+    # on the CPU (bench/embeddings.py, BENCHMARKS.md section 9 for speed and quality).
+    backend: Literal["torch", "onnx", "onnx-int8"] = "torch"
+    # Where the exported ONNX models are cached (one folder per model).
+    onnx_dir: Path = Path("var/models/onnx")
 
 
 class DocumentSettings(BaseModel):

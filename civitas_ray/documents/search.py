@@ -10,6 +10,7 @@ carries a citation whose span indexes the document's stored normalised text.
 from __future__ import annotations
 
 import logging
+import re
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -17,7 +18,8 @@ from datetime import datetime
 from typing import Any, Literal
 
 import numpy as np
-from sqlalchemy import Select, func, select, text
+from sqlalchemy import Select, Text, func, select, text
+from sqlalchemy.dialects.postgresql import TSQUERY
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from civitas_ray.config import get_settings
@@ -104,24 +106,46 @@ class _Fused:
 
 
 async def _vector_ranking(session: AsyncSession, filters: Filters, vector: np.ndarray,
-                          k: int, ef_search: int) -> list[tuple[uuid.UUID, float]]:
+                          k: int, ef_search: int, *, iterative: bool = True
+                          ) -> list[tuple[uuid.UUID, float]]:
     # Transaction-local: HNSW explores this many candidates, and keeps going (iterative
-    # scan, pgvector >= 0.8) when filters discard most of them.
-    await session.execute(text("select set_config('hnsw.ef_search', :v, true)"),
-                          {"v": str(ef_search)})
-    await session.execute(text("select set_config('hnsw.iterative_scan', 'relaxed_order', "
-                               "true)"))
+    # scan, pgvector >= 0.8) when filters discard most of them. Without it a tenant with
+    # a small share of the table gets far fewer than k rows (bench/hnsw_recall.py).
+    await session.execute(text("select set_config('hnsw.ef_search', :v, true), "
+                               "set_config('hnsw.iterative_scan', :i, true)"),
+                          {"v": str(ef_search), "i": "relaxed_order" if iterative else "off"})
     distance = DocumentChunk.embedding.cosine_distance(vector.tolist())
     stmt = filters.apply(select(DocumentChunk.id, distance.label("distance"))
                          .where(DocumentChunk.embedding.is_not(None))).order_by(distance).limit(k)
     rows = (await session.execute(stmt)).all()
-    return [(r.id, 1.0 - float(r.distance)) for r in rows]
+    # relaxed_order may return rows slightly out of order: sort them by the distance here.
+    ranked = sorted(((r.id, 1.0 - float(r.distance)) for r in rows), key=lambda x: -x[1])
+    return ranked
+
+
+_WEBSEARCH_SYNTAX = re.compile(r'"|(^|\s)-\w|\sor\s', re.IGNORECASE)
+
+
+def uses_websearch_syntax(q: str) -> bool:
+    """Quotes, `-word` or ` or `: the user wrote a search expression, not a question."""
+    return bool(_WEBSEARCH_SYNTAX.search(q))
+
+
+def _tsquery(q: str) -> Any:
+    """A search expression keeps websearch semantics (every word required); plain words,
+    typically a question, match any of their lexemes (stop words dropped), ranked so that
+    chunks with more of them, closer together, come first. Requiring every word of a
+    question found almost nothing (recall@5 0.03 in bench/rag_quality.py)."""
+    if uses_websearch_syntax(q):
+        return func.websearch_to_tsquery(TS_CONFIG, q)
+    return func.cast(func.replace(func.cast(func.plainto_tsquery(TS_CONFIG, q), Text),
+                                  " & ", " | "), TSQUERY)
 
 
 async def _text_ranking(session: AsyncSession, filters: Filters, q: str,
                         k: int) -> list[tuple[uuid.UUID, float]]:
-    query = func.websearch_to_tsquery(TS_CONFIG, q)
-    rank = func.ts_rank_cd(DocumentChunk.tsv, query)
+    query = _tsquery(q)
+    rank = func.ts_rank(DocumentChunk.tsv, query, 1)
     stmt = filters.apply(select(DocumentChunk.id, rank.label("rank"))
                          .where(DocumentChunk.tsv.op("@@")(query))) \
         .order_by(rank.desc(), DocumentChunk.id).limit(k)
