@@ -182,12 +182,14 @@ def main() -> None:
     from civitas_ray.ml.commands import register as register_ml
     from civitas_ray.mqtt.commands import register as register_mqtt
     from civitas_ray.telemetry.commands import register as register_telemetry
+    from civitas_ray.transit.commands import register as register_gtfs
 
     runtime_cli.register(app)
     register_mqtt(app)
     register_telemetry(app)
     register_ml(app)
     register_ai(app)
+    register_gtfs(app)
     app(prog_name="civitas")
 
 

@@ -89,13 +89,14 @@ def _routers() -> list[APIRouter]:
     from civitas_ray.streams.router import router as streams
     from civitas_ray.telemetry.router import router as telemetry
     from civitas_ray.tenants.router import router as tenants
+    from civitas_ray.transit.router_static import router as transit_static
     from civitas_ray.users.router import api_keys_router, users_router
     from civitas_ray.zones.router import router as zones
 
     # Telemetry first: routes are matched in order and ingest is the hot path.
     return [telemetry, auth, tenants, users_router, api_keys_router, zones, assets, streams,
             incidents, rules_router, alerts_router, audit, presence, files, documents,
-            search_router, ai, ai_policy, recommendations, *_ml_routers()]
+            search_router, ai, ai_policy, recommendations, transit_static, *_ml_routers()]
 
 
 def _ml_routers() -> list[APIRouter]:

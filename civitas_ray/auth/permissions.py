@@ -31,6 +31,8 @@ class Perm(StrEnum):
     AI_READ = "ai:read"  # agent runs: inputs, answers, citations, models
     RECOMMENDATIONS_READ = "recommendations:read"
     RECOMMENDATIONS_DECIDE = "recommendations:decide"  # accept, reject, record outcomes
+    TRANSIT_READ = "transit:read"  # transit feeds, vehicles, trips, delays, arrivals
+    TRANSIT_WRITE = "transit:write"  # push GTFS-RT, import GTFS static, manage feeds
 
 
 class RoleName(StrEnum):
@@ -42,12 +44,12 @@ class RoleName(StrEnum):
 
 
 _VIEW = {Perm.TENANT_READ, Perm.ZONES_READ, Perm.ASSETS_READ, Perm.INCIDENTS_READ,
-         Perm.DOCUMENTS_READ}
+         Perm.DOCUMENTS_READ, Perm.TRANSIT_READ}
 # Analysts curate the document library that search and the agents cite.
 _ANALYST = _VIEW | {Perm.TELEMETRY_READ, Perm.ML_READ, Perm.ML_TRAIN, Perm.DOCUMENTS_WRITE,
                     Perm.AI_READ, Perm.RECOMMENDATIONS_READ}
 _OPERATOR = _ANALYST | {Perm.INCIDENTS_WRITE, Perm.TELEMETRY_INGEST, Perm.AI_RUN,
-                        Perm.RECOMMENDATIONS_DECIDE}
+                        Perm.RECOMMENDATIONS_DECIDE, Perm.TRANSIT_WRITE}
 _TENANT_ADMIN = _OPERATOR | {
     Perm.TENANT_WRITE, Perm.USERS_READ, Perm.USERS_WRITE, Perm.API_KEYS_READ,
     Perm.API_KEYS_WRITE, Perm.ZONES_WRITE, Perm.ASSETS_WRITE, Perm.AUDIT_READ, Perm.ML_PROMOTE,

@@ -12,12 +12,27 @@ from civitas_ray.ml.registry_models import MlJob, ModelVersion
 from civitas_ray.recommendations.models import Recommendation
 from civitas_ray.telemetry.models import Telemetry, TelemetryRollup
 from civitas_ray.tenants.models import Tenant
+from civitas_ray.transit.models import (
+    GtfsAgency,
+    GtfsCalendar,
+    GtfsCalendarDate,
+    GtfsRoute,
+    GtfsShape,
+    GtfsStop,
+    GtfsStopTime,
+    GtfsTrip,
+    TransitFeed,
+    TransitFeedVersion,
+    TransitTripUpdate,
+    TransitVehiclePosition,
+)
 from civitas_ray.zones.models import Zone
 
 __all__ = [
     "TENANT_TABLES", "AgentRun", "Alert", "AlertRule", "ApiKey", "AppUser", "Asset", "AuditLog",
-    "Base",
-    "Document", "DocumentChunk", "Incident", "IncidentEvent", "MlJob", "ModelVersion",
-    "Recommendation",
-    "RefreshToken", "Role", "Telemetry", "TelemetryRollup", "Tenant", "Zone",
+    "Base", "Document", "DocumentChunk", "GtfsAgency", "GtfsCalendar", "GtfsCalendarDate",
+    "GtfsRoute", "GtfsShape", "GtfsStop", "GtfsStopTime", "GtfsTrip", "Incident", "IncidentEvent",
+    "MlJob", "ModelVersion", "Recommendation", "RefreshToken", "Role", "Telemetry",
+    "TelemetryRollup", "Tenant", "TransitFeed", "TransitFeedVersion", "TransitTripUpdate",
+    "TransitVehiclePosition", "Zone",
 ]

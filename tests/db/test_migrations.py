@@ -83,7 +83,7 @@ async def test_schema_conventions(migrated_db: str) -> None:
         assert "USING hnsw" in idx["ix_document_chunk_embedding_hnsw"]
         srids = {r["f_table_name"]: r["srid"] for r in await conn.fetch(
             "select f_table_name, srid from geometry_columns")}
-        assert srids == {"zone": 4326, "asset": 4326}
+        assert srids == {"zone": 4326, "asset": 4326, "gtfs_stop": 4326, "gtfs_shape": 4326}
         # Primary keys are UUIDs everywhere except the time series' natural keys.
         rows = await conn.fetch(
             "select c.table_name, c.data_type from information_schema.columns c "

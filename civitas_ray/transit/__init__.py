@@ -1,0 +1,1 @@
+"""Transit feeds: GTFS static versions and GTFS-Realtime ingestion."""
