@@ -16,6 +16,7 @@ from civitas_ray.cache import get_redis
 from civitas_ray.config import get_settings
 from civitas_ray.db.session import get_engine
 from civitas_ray.mqtt.health import bridge_readiness
+from civitas_ray.transit.health import readiness as gtfs_rt_readiness
 
 router = APIRouter(tags=["health"])
 CHECK_TIMEOUT_S = 2.0
@@ -62,6 +63,8 @@ async def _mqtt() -> None:
 EXTRA_CHECKS: dict[str, Any] = {}
 # The MQTT bridge runs in other processes: its heartbeat in Redis says how it is doing.
 EXTRA_CHECKS["mqtt_bridge"] = bridge_readiness
+# GTFS-RT feeds: age, entities and errors per feed; a polled feed gone silent is down.
+EXTRA_CHECKS["gtfs_rt"] = gtfs_rt_readiness
 
 
 @router.get("/readyz", summary="Dependencies reachable (database, Redis, MQTT)",
