@@ -9,6 +9,8 @@ from typing import Literal
 from pydantic import BaseModel, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from civitas_ray.feeds.settings import FeedsSettings
+
 DEV_SECRET = "dev-insecure-secret-change-me"  # noqa: S105 - refused outside development
 
 
@@ -326,6 +328,7 @@ class Settings(BaseSettings):
     llm: LLMSettings = LLMSettings()
     embedding: EmbeddingSettings = EmbeddingSettings()
     documents: DocumentSettings = DocumentSettings()
+    feeds: FeedsSettings = FeedsSettings()
 
     @model_validator(mode="after")
     def _refuse_default_secret(self) -> Settings:

@@ -82,6 +82,7 @@ def _routers() -> list[APIRouter]:
     from civitas_ray.auth.router import router as auth
     from civitas_ray.documents.router import router as documents
     from civitas_ray.documents.router import search_router
+    from civitas_ray.domains.router import routers as domain_routers
     from civitas_ray.incidents.router import router as incidents
     from civitas_ray.realtime.router import router as presence
     from civitas_ray.recommendations.router import router as recommendations
@@ -89,6 +90,7 @@ def _routers() -> list[APIRouter]:
     from civitas_ray.streams.router import router as streams
     from civitas_ray.telemetry.router import router as telemetry
     from civitas_ray.tenants.router import router as tenants
+    from civitas_ray.transit.router_rt import router as transit_rt
     from civitas_ray.transit.router_static import router as transit_static
     from civitas_ray.users.router import api_keys_router, users_router
     from civitas_ray.zones.router import router as zones
@@ -96,7 +98,8 @@ def _routers() -> list[APIRouter]:
     # Telemetry first: routes are matched in order and ingest is the hot path.
     return [telemetry, auth, tenants, users_router, api_keys_router, zones, assets, streams,
             incidents, rules_router, alerts_router, audit, presence, files, documents,
-            search_router, ai, ai_policy, recommendations, transit_static, *_ml_routers()]
+            search_router, ai, ai_policy, recommendations, transit_rt,
+            transit_static, *domain_routers(), *_ml_routers()]
 
 
 def _ml_routers() -> list[APIRouter]:

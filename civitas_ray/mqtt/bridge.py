@@ -42,6 +42,7 @@ from paho.mqtt.properties import Properties
 
 from civitas_ray.config import MqttBridgeSettings, Settings, get_settings
 from civitas_ray.db.session import tenant_session
+from civitas_ray.feeds.signals import parse_signal_message
 from civitas_ray.mqtt import health, paho_ext
 from civitas_ray.mqtt.state import (
     AckWindow,
@@ -608,6 +609,8 @@ class MqttIngestBridge:
             if route.kind == "senml":
                 parsed = parse_senml(payload, max_readings=ingest.max_batch_readings,
                                      default_asset=route.asset)
+            elif route.kind == "signals":
+                parsed = parse_signal_message(payload, default_controller=route.asset)
             else:
                 parsed = parse_json_batch(payload, max_readings=ingest.max_batch_readings,
                                           default_asset=route.asset)

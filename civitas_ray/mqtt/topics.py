@@ -3,6 +3,7 @@
     {prefix}/{tenant_slug}/telemetry/{asset}   one reading, a list, or {"readings": [...]}
     {prefix}/{tenant_slug}/senml               RFC 8428 pack, names `<asset>/<metric>`
     {prefix}/{tenant_slug}/senml/{asset}       RFC 8428 pack, names are bare metrics
+    {prefix}/{tenant_slug}/signals/{asset}     a signal controller message (docs/feeds.md)
 
 Rejections of a message go to `{prefix}/{tenant_slug}/rejected/{kind}[/{asset}]`: one
 tenant-wide subtree (`.../rejected/#`) that no ingest subscription matches, so they
@@ -19,7 +20,7 @@ from typing import Literal
 _SLUG_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
 MAX_ASSET_LEN = 128
 
-Kind = Literal["telemetry", "senml"]
+Kind = Literal["telemetry", "senml", "signals"]
 
 
 class TopicError(ValueError):
@@ -58,6 +59,8 @@ def parse_topic(topic: str, *, prefix: str = "civitas") -> Route:
         raise TopicError(f"tenant slug {slug[:40]!r} in the topic is not valid")
     if kind == "telemetry" and len(parts) == 4:
         return Route(slug, "telemetry", _asset(parts[3]), topic)
+    if kind == "signals" and len(parts) == 4:
+        return Route(slug, "signals", _asset(parts[3]), topic)
     if kind == "senml" and len(parts) == 3:
         return Route(slug, "senml", None, topic)
     if kind == "senml" and len(parts) == 4:
@@ -68,7 +71,8 @@ def parse_topic(topic: str, *, prefix: str = "civitas") -> Route:
 
 def subscriptions(*, prefix: str = "civitas", share_group: str | None = "civitas") -> list[str]:
     """The bridge's subscriptions; MQTT v5 shared ones (`$share/group/...`) with a group."""
-    filters = [f"{prefix}/+/telemetry/+", f"{prefix}/+/senml", f"{prefix}/+/senml/+"]
+    filters = [f"{prefix}/+/telemetry/+", f"{prefix}/+/senml", f"{prefix}/+/senml/+",
+               f"{prefix}/+/signals/+"]
     if share_group:
         return [f"$share/{share_group}/{f}" for f in filters]
     return filters

@@ -106,6 +106,12 @@ def up(settings: Settings, t: Target, *, num_cpus: int | None = None,
         from civitas_ray.mqtt.actor import start_bridge
 
         start_bridge(settings, env_vars=serving.settings_env())
+        from civitas_ray.transit.poller import start_pollers
+
+        start_pollers(env_vars=serving.settings_env())
+        from civitas_ray.feeds.weather import start_weather_poller
+
+        start_weather_poller(env_vars=serving.settings_env())
     finally:
         cluster.disconnect()
     return UpResult(url=url, address=t.address, head=head, started_head=started,
@@ -158,6 +164,15 @@ def down(settings: Settings, t: Target) -> list[str]:
         stopped = stop_bridge(settings)
         if stopped:
             done.append(f"MQTT bridge stopped ({len(stopped)} actor(s))")
+        from civitas_ray.transit.poller import stop_pollers
+
+        pollers = stop_pollers()
+        if pollers:
+            done.append(f"GTFS-RT pollers stopped ({len(pollers)})")
+        from civitas_ray.feeds.weather import stop_weather_poller
+
+        if stop_weather_poller():
+            done.append("weather poller stopped")
         from civitas_ray.runtime import maintenance
 
         if maintenance.stop():

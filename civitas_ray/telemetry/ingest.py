@@ -19,6 +19,7 @@ import asyncpg
 import numpy as np
 
 from civitas_ray.config import Settings, get_settings
+from civitas_ray.feeds.meters import MeterAdapter
 from civitas_ray.telemetry.directory import AssetDirectory
 from civitas_ray.telemetry.parse import ParsedReadings
 from civitas_ray.telemetry.writer import CommitHook, Rows, TelemetryWriter
@@ -40,6 +41,7 @@ class Ingestor:
         self.writer: TelemetryWriter | None = None
         self._hooks: list[CommitHook] = []
         self.dispatcher: CommitHook | None = None  # set by streams.dispatch.install
+        self.meters: MeterAdapter | None = None  # set by feeds.meters.install
         self._lock = asyncio.Lock()
         s = self.settings.ingest
         self._min_ts_us = int(datetime.fromisoformat(s.min_ts).timestamp() * 1_000_000)
@@ -63,9 +65,11 @@ class Ingestor:
                 self.writer.add_commit_hook(hook)
         # Under Ray (Serve replicas, the MQTT bridge) committed readings go on to the
         # entity hosts; a plain process (tests, `serve-dev`) only stores them.
+        from civitas_ray.feeds.meters import install as install_meters
         from civitas_ray.streams.dispatch import install
 
         install(self)
+        install_meters(self)  # cumulative registers get `<metric>_consumption` beside them
 
     def add_commit_hook(self, hook: CommitHook) -> None:
         self._hooks.append(hook)
@@ -116,13 +120,23 @@ class Ingestor:
         if sel.size:
             names: dict[str, int] = {}
             metric = parsed.metric
-            codes = np.fromiter((names.setdefault(metric[i], len(names)) for i in sel),
-                                np.int32, sel.size)
+            asset_rows, ts_us = rows_idx[sel], parsed.ts_us[sel]
+            value, quality = parsed.value[sel], parsed.quality[sel]
+            metrics = [metric[i] for i in sel]
+            if self.meters is not None and self._pool is not None:
+                d_rows, d_names, d_ts, d_val, d_q = await self.meters.derive(
+                    pool=self._pool, assets=assets, parsed=parsed, rows_idx=rows_idx, sel=sel)
+                if d_rows.size:  # derived consumption rides in the same commit
+                    asset_rows = np.concatenate([asset_rows, d_rows])
+                    ts_us, value = np.concatenate([ts_us, d_ts]), np.concatenate([value, d_val])
+                    quality = np.concatenate([quality, d_q])
+                    metrics.extend(d_names)
+            codes = np.fromiter((names.setdefault(m, len(names)) for m in metrics),
+                                np.int32, len(metrics))
             rows = Rows(
-                tenant=np.frombuffer(tenant_id.bytes * sel.size, dtype="V16"),
-                asset=assets.id_bytes[rows_idx[sel]], metric_codes=codes,
-                metric_names=list(names), ts_us=parsed.ts_us[sel],
-                value=parsed.value[sel], quality=parsed.quality[sel])
+                tenant=np.frombuffer(tenant_id.bytes * len(metrics), dtype="V16"),
+                asset=assets.id_bytes[asset_rows], metric_codes=codes,
+                metric_names=list(names), ts_us=ts_us, value=value, quality=quality)
             await self.writer.submit(rows)
         return IngestOutcome(int(sel.size), sorted(rejected))
 

@@ -67,9 +67,9 @@ def test_rejections_go_where_no_ingest_subscription_matches() -> None:
 def test_subscriptions_shared_or_plain() -> None:
     assert subscriptions(prefix="civitas", share_group="g") == [
         "$share/g/civitas/+/telemetry/+", "$share/g/civitas/+/senml",
-        "$share/g/civitas/+/senml/+"]
+        "$share/g/civitas/+/senml/+", "$share/g/civitas/+/signals/+"]
     assert subscriptions(prefix="c", share_group=None) == ["c/+/telemetry/+", "c/+/senml",
-                                                           "c/+/senml/+"]
+                                                           "c/+/senml/+", "c/+/signals/+"]
 
 
 def test_acks_are_released_in_arrival_order() -> None:

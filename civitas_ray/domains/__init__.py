@@ -1,0 +1,1 @@
+"""City domain read APIs: traffic flow and congestion, utilities consumption, public safety."""

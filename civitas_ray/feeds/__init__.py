@@ -1,0 +1,1 @@
+"""City feed adapters: smart meters, traffic signal controllers, weather."""
