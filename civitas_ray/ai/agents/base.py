@@ -55,6 +55,25 @@ class AgentContext:
         return self.llm
 
 
+def four_step_graph(state: type, *, gather: Any, analyse: Any, explain: Any, act: Any,
+                    route: Any) -> Any:
+    """gather -> analyse -> (route: explain -> act, or stop): the shape of the
+    event-driven agents, compiled once with AgentContext as the runtime context."""
+    from langgraph.graph import END, START, StateGraph
+
+    g: Any = StateGraph(state, context_schema=AgentContext)
+    g.add_node("gather", gather)
+    g.add_node("analyse", analyse)
+    g.add_node("explain", explain)
+    g.add_node("act", act)
+    g.add_edge(START, "gather")
+    g.add_edge("gather", "analyse")
+    g.add_conditional_edges("analyse", route, ["explain", END])
+    g.add_edge("explain", "act")
+    g.add_edge("act", END)
+    return g.compile()
+
+
 @dataclass(slots=True)
 class RunResult:
     run_id: uuid.UUID

@@ -20,11 +20,11 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, TypedDict
 
 import numpy as np
-from langgraph.graph import END, START, StateGraph
+from langgraph.graph import END
 from langgraph.runtime import Runtime
 from sqlalchemy import select
 
-from civitas_ray.ai.agents.base import AgentContext, RunResult, run_agent
+from civitas_ray.ai.agents.base import AgentContext, RunResult, four_step_graph, run_agent
 from civitas_ray.ai.agents.explain import ask, retrieve
 from civitas_ray.ai.agents.models import AgentRun
 from civitas_ray.assets.models import Asset
@@ -336,17 +336,8 @@ def _route(state: DataQualityState) -> str:
 
 
 def build_graph() -> Any:
-    g = StateGraph(DataQualityState, context_schema=AgentContext)
-    g.add_node("gather", gather)
-    g.add_node("analyse", analyse)
-    g.add_node("explain", explain)
-    g.add_node("act", act)
-    g.add_edge(START, "gather")
-    g.add_edge("gather", "analyse")
-    g.add_conditional_edges("analyse", _route, ["explain", END])
-    g.add_edge("explain", "act")
-    g.add_edge("act", END)
-    return g.compile()
+    return four_step_graph(DataQualityState, gather=gather, analyse=analyse, explain=explain,
+                           act=act, route=_route)
 
 
 GRAPH = build_graph()

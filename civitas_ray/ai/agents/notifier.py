@@ -20,12 +20,12 @@ from datetime import UTC, datetime, time
 from typing import Any, TypedDict
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from langgraph.graph import END, START, StateGraph
+from langgraph.graph import END
 from langgraph.runtime import Runtime
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from sqlalchemy import select
 
-from civitas_ray.ai.agents.base import AgentContext, RunResult, run_agent
+from civitas_ray.ai.agents.base import AgentContext, RunResult, four_step_graph, run_agent
 from civitas_ray.ai.agents.explain import ask
 from civitas_ray.auth.models import AppUser
 from civitas_ray.cache import get_redis
@@ -294,17 +294,8 @@ def _route(state: NotifierState) -> str:
 
 
 def build_graph() -> Any:
-    g = StateGraph(NotifierState, context_schema=AgentContext)
-    g.add_node("gather", gather)
-    g.add_node("analyse", analyse)
-    g.add_node("explain", explain)
-    g.add_node("act", act)
-    g.add_edge(START, "gather")
-    g.add_edge("gather", "analyse")
-    g.add_conditional_edges("analyse", _route, ["explain", END])
-    g.add_edge("explain", "act")
-    g.add_edge("act", END)
-    return g.compile()
+    return four_step_graph(NotifierState, gather=gather, analyse=analyse, explain=explain,
+                           act=act, route=_route)
 
 
 GRAPH = build_graph()
