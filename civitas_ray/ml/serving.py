@@ -317,6 +317,8 @@ class ModelTable:
     generation: int
     entries: Mapping[SubjectRef, Entry]
     built_at: datetime
+    # Versions left out because their artifact would not load: id -> reason.
+    unloadable: Mapping[uuid.UUID, str] = field(default_factory=dict)
 
     def versions(self) -> dict[uuid.UUID, Served]:
         out: dict[uuid.UUID, Served] = {}
@@ -398,20 +400,40 @@ async def build_table(config: ForecasterConfig, current: ModelTable | None) -> M
               for r in (serving, beside) if r is not None}
     gate = asyncio.Semaphore(LOAD_CONCURRENCY)
 
-    async def get(row: VersionRow) -> Served:
+    async def get(row: VersionRow) -> Served | Exception:
         if row.id in have:
             return Served(row, have[row.id].model)
         async with gate:
-            return Served(row, await _load(row))
+            try:
+                return Served(row, await _load(row))
+            except Exception as exc:  # one bad artifact must not take every tenant down
+                return exc
 
-    served = dict(zip(wanted, await asyncio.gather(*(get(r) for r in wanted.values())),
+    loaded = dict(zip(wanted, await asyncio.gather(*(get(r) for r in wanted.values())),
                       strict=True))
-    entries = {ref: Entry(production=served[serving.id],
-                          shadow=served[beside.id] if beside is not None else None,
-                          pinned=is_pinned)
-               for ref, (serving, beside, is_pinned) in plan.items()}
+    unloadable: dict[uuid.UUID, str] = {}
+    entries: dict[SubjectRef, Entry] = {}
+    for ref, (serving, beside, is_pinned) in plan.items():
+        prod = loaded[serving.id]
+        if isinstance(prod, Exception):
+            if is_pinned:  # the deployer asked for exactly this version: refuse the plan
+                raise ForecasterConfigError(
+                    f"pinned version {serving.id} of {ref.as_dict()} cannot be loaded: "
+                    f"{prod!r}") from prod
+            unloadable[serving.id] = repr(prod)
+            logger.error("model version not loadable; its subject is not served",
+                         extra={"model_version_id": str(serving.id), "error": repr(prod)})
+            continue
+        shadow = loaded[beside.id] if beside is not None else None
+        if isinstance(shadow, Exception):
+            assert beside is not None
+            unloadable[beside.id] = repr(shadow)
+            logger.error("shadow version not loadable; scored without it",
+                         extra={"model_version_id": str(beside.id), "error": repr(shadow)})
+            shadow = None
+        entries[ref] = Entry(production=prod, shadow=shadow, pinned=is_pinned)
     return ModelTable(generation=config.generation, entries=entries,
-                      built_at=datetime.now(UTC))
+                      built_at=datetime.now(UTC), unloadable=unloadable)
 
 
 # ---- prediction (runs in a worker thread) ----------------------------------------------
@@ -764,6 +786,7 @@ class Forecaster:
             "built_at": table.built_at.isoformat() if table else None,
             "refresh_s": self._config.refresh_s, "last_error": self._last_error,
             "failed_refreshes": self._failed_refreshes,
+            "unloadable": {str(k): v for k, v in (table.unloadable if table else {}).items()},
             "subjects": [{**ref.as_dict(), "serving": e.production.describe(),
                           "shadow": e.shadow.describe() if e.shadow else None,
                           "pinned": e.pinned}

@@ -288,3 +288,38 @@ async def test_a_corrupt_or_missing_artifact_is_not_promoted_and_the_old_one_ser
     await storage.put(v2_key, good)
     r = await client.post(f"/api/v1/ml/models/{v2}/promote", headers=t.headers("tenant_admin"))
     assert r.status_code == 200 and r.json()["replaced"]["id"] == v1
+
+
+async def test_one_unloadable_artifact_does_not_take_the_forecaster_down(
+        make_tenant, admin_sql, data_dir: Path) -> None:
+    """The Forecaster's table build (what every replica runs on deploy and refresh): a
+    production version whose artifact is gone is left out and reported; the others load.
+    A redeploy that pins exactly that version is refused."""
+    from civitas_ray.ml import serving
+    from civitas_ray.storage import get_storage
+
+    y = datasets.i94_traffic(data_dir)["traffic_volume"].dropna().iloc[-24 * 21:]
+    model = MODELS["traffic"](params={"n_estimators": 10}).fit(y)
+    made = []
+    for _ in range(2):
+        t = await make_tenant(roles=["tenant_admin"], with_key=False)
+        [a] = await make_assets(admin_sql, t.id, 1)
+        async with tenant_session(t.id) as s:
+            row = await registry.create_version(
+                s, tenant_id=t.id, name="traffic", kind="traffic",
+                subject={"asset_id": a["id"], "metric": "volume"},
+                key=f"asset:{a['id']}:volume", model=model, training_start=None,
+                training_end=None, created_by=None, actor=SYSTEM_ACTOR,
+                metrics={"beats_seasonal_naive": True})
+            await registry.promote(s, tenant_id=t.id, version_id=row.id, actor=SYSTEM_ACTOR)
+            made.append((serving.SubjectRef(t.id, "traffic", row.subject_key), row.id,
+                         row.params["artifact_key"]))
+    (good_ref, _, _), (bad_ref, bad_id, bad_key) = made
+    await get_storage().delete(bad_key)
+
+    table = await serving.build_table(serving.ForecasterConfig(generation=1), None)
+    assert good_ref in table.entries and bad_ref not in table.entries
+    assert "ObjectNotFound" in table.unloadable[bad_id]
+    with pytest.raises(serving.ForecasterConfigError, match="cannot be loaded"):
+        await serving.build_table(serving.ForecasterConfig(
+            generation=2, pins={str(bad_ref): str(bad_id)}), None)
