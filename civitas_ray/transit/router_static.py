@@ -118,13 +118,16 @@ async def import_static(
 
 async def _version(ctx: AuthContext, feed_id: uuid.UUID, version_id: uuid.UUID) -> VersionRead:
     # Read committed: each statement sees what the import's own transactions committed.
+    # The version first, the feed after: a version read as ready was activated in the
+    # same commit, so the feed read later shows it active (never ready-but-inactive).
     v = await gtfs.get_version(session=ctx.session, tenant_id=ctx.principal.tenant_id,
                                version_id=version_id)
+    await ctx.session.refresh(v)
     if v.feed_id != feed_id:
         raise NotFound(f"Feed version {version_id} not found")
     feed = await gtfs.get_feed(session=ctx.session, tenant_id=ctx.principal.tenant_id,
                                feed_id=feed_id)
-    await ctx.session.refresh(v)
+    await ctx.session.refresh(feed)
     return _version_read(v, feed.active_version_id)
 
 
