@@ -157,7 +157,7 @@ start_mosquitto() {
 system_setup() {
   local pkgs=(postgresql-server-dev-$PG_VERSION postgresql-$PG_VERSION-postgis-3 cmake libkrb5-dev libssl-dev
               build-essential dpkg-dev xz-utils redis-server redis-tools mosquitto mosquitto-clients
-              postgresql-client-$PG_VERSION)
+              postgresql-client-$PG_VERSION wrk)  # wrk: bench/ingest_http.py, bench/serve_vs_uvicorn.py
   command -v pg_ctlcluster >/dev/null || pkgs+=(postgresql-$PG_VERSION)
   apt_install "${pkgs[@]}"
   install_pgvector
