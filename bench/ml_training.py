@@ -29,10 +29,8 @@ Run: .venv/bin/python -m bench.ml_training                   (~5 min on 2 shared
 from __future__ import annotations
 
 import argparse
-import io
 import os
 import time
-import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,7 +43,6 @@ from bench.common import machine
 from civitas_ray.ml import datasets
 from civitas_ray.ml.features import LEVEL, FeatureSpec, build_features, feature_names
 from civitas_ray.ml.models.base import DEFAULT_PARAMS, ForecastModel
-from civitas_ray.ml.series import regularize
 
 ROOT = Path(__file__).resolve().parents[1]
 HOLDOUT_FRACTION = 0.10
@@ -103,29 +100,9 @@ class Matrix:
     real_rows: int
 
 
-def daiad_meters(data_dir: Path) -> list[pd.Series]:
-    """Hourly use of each DAIAD meter, with the cleaning rules of the district series."""
-    path = data_dir / datasets.TIMESERIES / datasets.DAIAD_FILE
-    with zipfile.ZipFile(path) as z:
-        name = next(n for n in z.namelist() if n.endswith(".csv"))
-        raw = pd.read_csv(io.BytesIO(z.read(name)), sep=";", usecols=[0, 1, 2],
-                          names=["meter", "ts", "register"], header=0)
-    raw["ts"] = pd.to_datetime(raw["ts"], format="%d/%m/%Y %H:%M:%S", utc=True)
-    raw["register"] = pd.to_numeric(raw["register"], errors="coerce")
-    raw = raw.dropna().drop_duplicates(["meter", "ts"]).sort_values(["meter", "ts"])
-    same = raw["meter"].eq(raw["meter"].shift())
-    used = raw["register"].diff()
-    gap = raw["ts"].diff()
-    ok = (same & (used >= 0) & (used <= datasets.MAX_METER_STEP_L)
-          & (gap > pd.Timedelta(0)) & (gap <= pd.Timedelta(hours=2)))
-    kept = pd.DataFrame({"meter": raw["meter"][ok], "ts": raw["ts"][ok], "used": used[ok]})
-    return [regularize(pd.Series(g["used"].to_numpy(), index=pd.DatetimeIndex(g["ts"])),
-                       "1h", how="sum") for _, g in kept.groupby("meter", sort=True)]
-
-
 def real_series(data_dir: Path) -> list[tuple[bool, pd.Series]]:
     """(is a household meter, hourly series) for every real series."""
-    series = [(True, s) for s in daiad_meters(data_dir)]
+    series = [(True, s) for s in datasets.daiad_meters(data_dir)]
     series.append((False, datasets.i94_traffic(data_dir)["traffic_volume"]))
     series += [(False, datasets.tetouan_power(data_dir, zone)["power"]) for zone in (1, 2, 3)]
     return series

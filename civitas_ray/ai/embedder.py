@@ -27,6 +27,7 @@ from ray.serve.handle import DeploymentHandle
 
 from civitas_ray.config import EmbeddingSettings, get_settings
 from civitas_ray.errors import ServiceUnavailable
+from civitas_ray.runtime.handles import OptionalHandle
 
 logger = logging.getLogger(__name__)
 
@@ -339,34 +340,19 @@ def get_embedder_handle() -> DeploymentHandle:
     return serve.get_deployment_handle(DEPLOYMENT_NAME, app_name=APP_NAME)
 
 
-_handle_state: dict[str, Any] = {"handle": None, "retry_at": 0.0}
-_HANDLE_RETRY_S = 30.0
+_embedder = OptionalHandle(lambda: get_embedder_handle(), "Embedder")
 
 
 async def embed_via_serve(texts: Sequence[str]) -> np.ndarray | None:
     """Ask the Embedder deployment; None when Ray, Serve or the deployment is not running
     here (the caller then embeds in-process)."""
-    import ray
-
-    if not ray.is_initialized():
-        return None
-    now = time.monotonic()
-    handle = _handle_state["handle"]
+    handle = _embedder.get()
     if handle is None:
-        if now < _handle_state["retry_at"]:
-            return None
-        try:
-            handle = get_embedder_handle()
-        except Exception as exc:  # Serve not started, or the app not deployed
-            _handle_state["retry_at"] = now + _HANDLE_RETRY_S
-            logger.info("Embedder deployment not reachable; embedding in-process",
-                        extra={"error": repr(exc)})
-            return None
-        _handle_state["handle"] = handle
+        return None
     try:
         out = await handle.embed.remote(list(texts))
     except Exception as exc:  # the deployment went away or failed: embed here instead
-        _handle_state.update(handle=None, retry_at=now + _HANDLE_RETRY_S)
+        _embedder.failed()
         logger.warning("Embedder deployment failed; embedding in-process",
                        extra={"error": repr(exc)})
         return None

@@ -93,7 +93,9 @@ def tetouan_power(data_dir: Path, zone: int = 1) -> pd.DataFrame:
 
 
 @lru_cache(maxsize=2)
-def _daiad(data_dir: Path) -> pd.Series:
+def _daiad_increments(data_dir: Path) -> pd.DataFrame:
+    """Cleaned register increments (meter, ts, used): positive steps of at most
+    MAX_METER_STEP_L over at most two hours; resets and glitches dropped."""
     with zipfile.ZipFile(_path(data_dir, DAIAD_FILE)) as z:
         name = next(n for n in z.namelist() if n.endswith(".csv"))
         raw = pd.read_csv(io.BytesIO(z.read(name)), sep=";", usecols=[0, 1, 2],
@@ -106,8 +108,21 @@ def _daiad(data_dir: Path) -> pd.Series:
     gap = raw["ts"].diff()
     ok = (same & (used >= 0) & (used <= MAX_METER_STEP_L) & (gap > pd.Timedelta(0))
           & (gap <= pd.Timedelta(hours=2)))
-    per_hour = pd.Series(used[ok].to_numpy(), index=pd.DatetimeIndex(raw["ts"][ok]))
+    return pd.DataFrame({"meter": raw["meter"][ok], "ts": raw["ts"][ok], "used": used[ok]})
+
+
+@lru_cache(maxsize=2)
+def _daiad(data_dir: Path) -> pd.Series:
+    kept = _daiad_increments(data_dir)
+    per_hour = pd.Series(kept["used"].to_numpy(), index=pd.DatetimeIndex(kept["ts"]))
     return regularize(per_hour, "1h", how="sum").rename("water_use")
+
+
+def daiad_meters(data_dir: Path) -> list[pd.Series]:
+    """Hourly use of each DAIAD meter (sorted by meter id), cleaned like the district."""
+    kept = _daiad_increments(Path(data_dir))
+    return [regularize(pd.Series(g["used"].to_numpy(), index=pd.DatetimeIndex(g["ts"])),
+                       "1h", how="sum") for _, g in kept.groupby("meter", sort=True)]
 
 
 def daiad_district(data_dir: Path) -> pd.Series:

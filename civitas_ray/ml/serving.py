@@ -46,6 +46,7 @@ from civitas_ray.errors import NotFound, ServiceUnavailable, ValidationFailed
 from civitas_ray.ml import registry
 from civitas_ray.ml.models import MODELS, ForecastModel
 from civitas_ray.ml.registry_models import ModelVersion
+from civitas_ray.runtime.handles import OptionalHandle
 from civitas_ray.storage import get_storage
 
 logger = logging.getLogger(__name__)
@@ -809,8 +810,7 @@ def get_forecaster_handle() -> DeploymentHandle:
     return serve.get_deployment_handle(DEPLOYMENT_NAME, app_name=APP_NAME)
 
 
-_handle_state: dict[str, Any] = {"handle": None, "retry_at": 0.0}
-_HANDLE_RETRY_S = 30.0
+_forecaster = OptionalHandle(lambda: get_forecaster_handle(), "Forecaster")
 
 
 async def forecast_via_serve(*, tenant_id: Any, name: str, subject_key: str,
@@ -819,25 +819,9 @@ async def forecast_via_serve(*, tenant_id: Any, name: str, subject_key: str,
     """Ask the Forecaster deployment; None when Serve or the deployment is not running
     here (the caller then predicts in-process and says so). A subject the Forecaster
     has not loaded yet (promoted a moment ago, before its refresh) also gives None."""
-    import time
-
-    import ray
-
-    if not ray.is_initialized():
-        return None
-    now = time.monotonic()
-    handle = _handle_state["handle"]
+    handle = _forecaster.get()
     if handle is None:
-        if now < _handle_state["retry_at"]:
-            return None
-        try:
-            handle = get_forecaster_handle()
-        except Exception as exc:  # Serve not started, or the app not deployed
-            _handle_state["retry_at"] = now + _HANDLE_RETRY_S
-            logger.info("Forecaster deployment not reachable; forecasting in-process",
-                        extra={"error": repr(exc)})
-            return None
-        _handle_state["handle"] = handle
+        return None
     tail = history.iloc[-MAX_HISTORY:]  # the grid, gaps as nulls: the model sees them
     request = {"tenant_id": str(tenant_id), "name": name, "subject_key": subject_key,
                "history": {"ts": [t.isoformat() for t in tail.index],
